@@ -1,0 +1,136 @@
+"""The whole platform as local processes: PostgreSQL, Tansu, and each service's API and worker.
+
+``python -m devstack`` (``make run``) and the test suite both use :class:`Stack`;
+the suite gives it free ports and a temporary data folder so it can run beside
+a ``make run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.settings import SERVICES, Settings
+
+from .processes import Postgres, Tansu
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    pg_port: int
+    broker_port: int
+    service_ports: dict[str, int]
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    pg_conf: dict[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES
+    log_dir: Path | None = None
+    postgres: Postgres | None = None
+    broker: Tansu | None = None
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.postgres and self.broker
+        env = {
+            **os.environ,
+            "MEMBERSHIP_DATABASE_URL": self.postgres.url,
+            "MEMBERSHIP_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "MEMBERSHIP_DATA_DIR": str(self.data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name, port in self.service_ports.items():
+            env[f"MEMBERSHIP_{name.upper()}_PORT"] = str(port)
+        env.update(self.env_overrides)
+        return env
+
+    def settings(self) -> Settings:
+        env = self.env
+        return Settings(**{k[len("MEMBERSHIP_"):].lower(): v for k, v in env.items()
+                           if k.startswith("MEMBERSHIP_")})
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.service_ports[service]}"
+
+    def start_infrastructure(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.log_dir or self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_dir = logs
+        self.postgres = Postgres(self.data_dir / "pg", self.pg_port, extra_conf=self.pg_conf)
+        self.postgres.start()
+        self.broker = Tansu(self.broker_port, logs / "tansu.log")
+        self.broker.start()
+        from shared.kafka import ensure_topics
+
+        asyncio.run(ensure_topics(self.settings()))
+        subprocess.run([sys.executable, "-m", "shared.migrate", "--seed-demo"], env=self.env, check=True)
+
+    def start_process(self, service: str, role: str) -> subprocess.Popen:
+        assert self.log_dir
+        name = f"{service}-{role}"
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", service, role], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_services(self, roles: tuple[str, ...] = ("api", "worker")) -> None:
+        for service in self.services:
+            for role in roles:
+                self.start_process(service, role)
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        started = time.monotonic()
+        pending = set(self.services)
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir}/{name}.log")
+                for service in list(pending):
+                    try:
+                        if client.get(self.url(service) + "/readyz").status_code == 200:
+                            pending.discard(service)
+                    except httpx.HTTPError:
+                        pass
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"not ready after {timeout}s: {sorted(pending)}")
+                time.sleep(0.2)
+        return time.monotonic() - started
+
+    def stop_process(self, name: str, sig: int | None = None, timeout: float = 15.0) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        if sig is not None:
+            proc.send_signal(sig)
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+        for name in list(self.procs):
+            self.stop_process(name)
+        if self.broker:
+            self.broker.stop()
+        if self.postgres:
+            self.postgres.stop()

@@ -1,0 +1,1 @@
+"""benefits service (stub)."""

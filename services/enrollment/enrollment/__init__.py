@@ -1,0 +1,1 @@
+"""enrollment: members, referral codes, purchase/activity intake, the member status view."""

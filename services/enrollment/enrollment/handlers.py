@@ -1,0 +1,262 @@
+"""Enrollment's commands (from the API) and event handlers (the status view).
+
+Every function takes the unit of work first and keyword-only data; it raises
+``shared.problems`` errors, never HTTP ones.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+
+from shared.api import request_hash
+from shared.db import UnitOfWork
+from shared.events import (
+    ActivityRecorded, BenefitGranted, BenefitRedeemed, BenefitRevoked, CloudEvent, Consents, MemberEnrolled,
+    MemberUpdated, PointsChanged, PurchaseItem, PurchaseRecorded, TierChanged, TierProgressChanged,
+)
+from shared.observability import mask_phone
+from shared.problems import Conflict, InvalidRequest, NotFound
+
+from . import schemas
+from .tables import activities, member_status, members, purchases
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def new_referral_code() -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+
+
+def profile(row: Any, *, reveal_phone: bool) -> schemas.MemberProfile:
+    return schemas.MemberProfile(
+        member_id=row.member_id, member_no=row.member_no, name=row.name,
+        phone=row.phone if reveal_phone else mask_phone(row.phone),
+        birthday=row.birthday, home_clinic_id=row.home_clinic_id, source=row.source,
+        referral_code=row.referral_code, referred_by=row.referred_by, consents=Consents(**row.consents),
+        email=row.email, enrolled_at=row.enrolled_at,
+    )
+
+
+async def get_member(uow: UnitOfWork, *, chain_id: str, member_id: str, lock: bool = False) -> Any:
+    stmt = select(members).where(members.c.member_id == member_id, members.c.chain_id == chain_id)
+    row = (await uow.execute(stmt.with_for_update() if lock else stmt)).first()
+    if row is None:
+        raise NotFound("No such member.")
+    return row
+
+
+async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[Any]:
+    return list((await uow.execute(
+        select(members).where(members.c.chain_id == chain_id, members.c.phone == phone))).all())
+
+
+async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) -> schemas.EnrolResponse:
+    existing = await find_by_phone(uow, chain_id=chain_id, phone=req.phone)
+    if existing:
+        raise Conflict("A member with this phone is already enrolled in the chain.",
+                       member_id=existing[0].member_id)
+    referred_by = None
+    if req.referral_code:
+        referrer = (await uow.execute(select(members.c.member_id, members.c.chain_id).where(
+            members.c.referral_code == req.referral_code.upper()))).first()
+        if referrer is None or referrer.chain_id != chain_id:
+            # another chain's code is reported exactly like an unknown one: nothing leaks across chains
+            raise InvalidRequest("Unknown referral code.", errors=[
+                {"location": ["body", "referral_code"], "message": "unknown referral code", "type": "value_error"}])
+        referred_by = referrer.member_id
+    now = uow.now()
+    member_id = str(uuid.uuid4())
+    seq = await uow.session.scalar(text("SELECT nextval('enrollment.member_no_seq')"))
+    member_no = f"M{seq:09d}"
+    code = new_referral_code()
+    try:
+        async with uow.session.begin_nested():
+            await uow.execute(members.insert().values(
+                member_id=member_id, chain_id=chain_id, member_no=member_no, phone=req.phone, name=req.name,
+                birthday=req.birthday, home_clinic_id=req.home_clinic_id, source=req.source,
+                referral_code=code, referred_by=referred_by, consents=req.consents.model_dump(),
+                email=req.email, enrolled_at=now, updated_at=now,
+            ))
+    except IntegrityError as exc:
+        # a concurrent enrolment of the same phone won the race
+        raise Conflict("A member with this phone is already enrolled in the chain.") from exc
+    uow.publish(MemberEnrolled(
+        member_id=member_id, member_no=member_no, home_clinic_id=req.home_clinic_id, source=req.source,
+        referred_by=referred_by, birthday=req.birthday, enrolled_at=now, name=req.name, phone=req.phone,
+        email=req.email, consents=req.consents,
+    ), member_id=member_id, chain_id=chain_id, time=now)
+    return schemas.EnrolResponse(member_id=member_id, member_no=member_no, referral_code=code, enrolled_at=now)
+
+
+async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch: schemas.MemberPatch) -> Any:
+    await get_member(uow, chain_id=chain_id, member_id=member_id, lock=True)
+    values: dict[str, Any] = patch.model_dump(exclude_unset=True)
+    if "consents" in values and values["consents"] is not None:
+        values["consents"] = patch.consents.model_dump()  # type: ignore[union-attr]
+    if not values:
+        raise InvalidRequest("Nothing to change: send name, email or consents.")
+    now = uow.now()
+    await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
+    uow.publish(MemberUpdated(member_id=member_id, name=patch.name, email=patch.email, consents=patch.consents,
+                              updated_at=now), member_id=member_id, chain_id=chain_id, time=now)
+    return await get_member(uow, chain_id=chain_id, member_id=member_id)
+
+
+def _reject_future(uow: UnitOfWork, when: Any, field: str) -> None:
+    if when > uow.now() + MAX_CLOCK_SKEW:
+        raise InvalidRequest(f"{field} is in the future.", errors=[
+            {"location": ["body", field], "message": "must not be in the future", "type": "value_error"}])
+
+
+async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) -> None:
+    found = await uow.session.scalar(select(members.c.member_id).where(
+        members.c.member_id == member_id, members.c.chain_id == chain_id))
+    if found is None:
+        raise InvalidRequest("Unknown member_id.", errors=[
+            {"location": ["body", "member_id"], "message": "no such member in this chain", "type": "value_error"}])
+
+
+async def record_purchase(uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
+                          ) -> tuple[bool, schemas.PurchaseAccepted]:
+    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response)."""
+    digest = request_hash(req.model_dump(mode="json"))
+    key = (purchases.c.chain_id == chain_id, purchases.c.clinic_id == req.clinic_id,
+           purchases.c.pos_txn_id == req.pos_txn_id)
+    prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(*key))).first()
+    if prior is None:
+        _reject_future(uow, req.occurred_at, "occurred_at")
+        await _member_in_chain(uow, chain_id=chain_id, member_id=req.member_id)
+        purchase_id = str(uuid.uuid4())
+        inserted = (await uow.execute(pg_insert(purchases).values(
+            purchase_id=purchase_id, chain_id=chain_id, clinic_id=req.clinic_id, pos_txn_id=req.pos_txn_id,
+            member_id=req.member_id, amount_fen=req.amount_fen, currency=req.currency,
+            occurred_at=req.occurred_at, items=[i.model_dump() for i in req.items], request_hash=digest,
+        ).on_conflict_do_nothing().returning(purchases.c.purchase_id))).first()
+        if inserted is not None:
+            uow.publish(PurchaseRecorded(
+                purchase_id=purchase_id, pos_txn_id=req.pos_txn_id, clinic_id=req.clinic_id,
+                member_id=req.member_id, amount_fen=req.amount_fen, occurred_at=req.occurred_at,
+                items=[PurchaseItem(**i.model_dump()) for i in req.items],
+            ), member_id=req.member_id, chain_id=chain_id)
+            return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
+        # a concurrent request with the same pos_txn_id committed first
+        prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(*key))).one()
+    if prior.request_hash != digest:
+        raise Conflict("This pos_txn_id was already recorded at this clinic with a different body.",
+                       purchase_id=prior.purchase_id)
+    return False, schemas.PurchaseAccepted(purchase_id=prior.purchase_id)
+
+
+async def record_activity(uow: UnitOfWork, *, chain_id: str, req: schemas.ActivityRequest
+                          ) -> tuple[bool, schemas.ActivityAccepted]:
+    digest = request_hash(req.model_dump(mode="json"))
+    key = (activities.c.chain_id == chain_id, activities.c.activity_id == req.activity_id)
+    prior = await uow.session.scalar(select(activities.c.request_hash).where(*key))
+    if prior is None:
+        _reject_future(uow, req.occurred_at, "occurred_at")
+        await _member_in_chain(uow, chain_id=chain_id, member_id=req.member_id)
+        inserted = (await uow.execute(pg_insert(activities).values(
+            chain_id=chain_id, activity_id=req.activity_id, member_id=req.member_id, clinic_id=req.clinic_id,
+            kind=req.kind, occurred_at=req.occurred_at, request_hash=digest,
+        ).on_conflict_do_nothing().returning(activities.c.activity_id))).first()
+        if inserted is not None:
+            uow.publish(ActivityRecorded(activity_id=req.activity_id, kind=req.kind, clinic_id=req.clinic_id,
+                                         occurred_at=req.occurred_at, member_id=req.member_id),
+                        member_id=req.member_id, chain_id=chain_id)
+            return True, schemas.ActivityAccepted(activity_id=req.activity_id)
+        prior = await uow.session.scalar(select(activities.c.request_hash).where(*key))
+    if prior != digest:
+        raise Conflict("This activity_id was already recorded with a different body.")
+    return False, schemas.ActivityAccepted(activity_id=req.activity_id)
+
+
+# ---- the member status view ---------------------------------------------------------------------
+
+DEFAULT_TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员", "diamond": "钻石会员"}
+
+
+async def _set_status(uow: UnitOfWork, member_id: str, **values: Any) -> None:
+    """Upsert columns of the status row; values may be SQL expressions over the current row."""
+    stmt = pg_insert(member_status).values(member_id=member_id, updated_at=func.now())
+    await uow.execute(stmt.on_conflict_do_update(
+        index_elements=["member_id"], set_={**values, "updated_at": func.now()}))
+
+
+async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: PointsChanged = event.data  # type: ignore[assignment]
+    doc = {"balance": d.balance, "available": d.available, "pending": d.pending}
+    await _set_status(uow, event.subject, points=doc)
+
+
+async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: TierChanged = event.data  # type: ignore[assignment]
+    doc = {"code": d.to_tier, "name": d.to_tier_name or DEFAULT_TIER_NAMES.get(d.to_tier, d.to_tier),
+           "since": d.effective_at.isoformat(), "review_at": d.review_at.isoformat() if d.review_at else None}
+    await _set_status(uow, event.subject, tier=doc)
+
+
+async def on_tier_progress(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: TierProgressChanged = event.data  # type: ignore[assignment]
+    await _set_status(uow, event.subject, progress=d.model_dump(mode="json"))
+
+
+def _benefit_doc(d: Any) -> dict[str, Any]:
+    return {"benefit_id": d.benefit_id, "code": d.code, "remaining_uses": d.remaining_uses,
+            "valid_until": d.valid_until.isoformat() if d.valid_until else None}
+
+
+async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: BenefitGranted = event.data  # type: ignore[assignment]
+    entry = literal({d.benefit_id: _benefit_doc(d)}, JSONB)
+    await _set_status(uow, event.subject, benefits=member_status.c.benefits.op("||")(entry))
+
+
+async def on_benefit_redeemed(event: CloudEvent, uow: UnitOfWork) -> None:
+    await on_benefit_granted(event, uow)  # same shape: the entitlement's new remaining_uses
+
+
+async def on_benefit_revoked(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: BenefitRevoked = event.data  # type: ignore[assignment]
+    await _set_status(uow, event.subject, benefits=member_status.c.benefits.op("-")(d.benefit_id))
+
+
+async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:
+    member = await get_member(uow, chain_id=chain_id, member_id=member_id)
+    row = (await uow.execute(select(member_status).where(member_status.c.member_id == member_id))).first()
+    tier = (row.tier if row else None) or {"code": "member", "name": DEFAULT_TIER_NAMES["member"],
+                                           "since": member.enrolled_at.isoformat(), "review_at": None}
+    progress = (row.progress if row else None) or {}
+    points = (row.points if row else None) or {"balance": 0}
+    benefits = sorted((row.benefits or {}).values(), key=lambda b: (b["code"], b["benefit_id"])) if row else []
+    return schemas.MemberStatus(
+        member_id=member_id,
+        tier=schemas.TierView(**tier),
+        progress=schemas.ProgressView(
+            next_tier=progress.get("next_tier"), spend_fen=progress.get("spend_fen", 0),
+            spend_needed_fen=progress.get("spend_needed_fen", 0), points=progress.get("points", 0),
+            points_needed=progress.get("points_needed", 0)),
+        points=schemas.PointsView(balance=points.get("balance", 0), available=points.get("available"),
+                                  pending=points.get("pending"),
+                                  expiring=points.get("expiring", [])),
+        benefits=[schemas.BenefitView(**b) for b in benefits],
+        as_of=row.updated_at if row else member.enrolled_at,
+    )
+
+
+HANDLERS = {
+    PointsChanged: on_points_changed,
+    TierChanged: on_tier_changed,
+    TierProgressChanged: on_tier_progress,
+    BenefitGranted: on_benefit_granted,
+    BenefitRedeemed: on_benefit_redeemed,
+    BenefitRevoked: on_benefit_revoked,
+}

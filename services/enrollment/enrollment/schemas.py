@@ -1,0 +1,167 @@
+"""Request and response bodies of the enrollment API (not tables, not domain objects)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.events import Consents
+
+_PHONE_CHARS = re.compile(r"[\s\-()]")
+_PHONE = re.compile(r"^\+?\d{6,15}$")
+
+
+def normalize_phone(raw: str) -> str:
+    phone = _PHONE_CHARS.sub("", raw)
+    if not _PHONE.match(phone):
+        raise ValueError("phone must be 6 to 15 digits, optionally with a leading +")
+    if phone.startswith("+86") and len(phone) == 14:
+        phone = phone[3:]
+    return phone
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Id = Field(min_length=1, max_length=100)
+
+
+class EnrolRequest(Strict):
+    phone: str
+    name: str = Field(min_length=1, max_length=100)
+    birthday: date
+    home_clinic_id: str = Id
+    source: Literal["walk_in", "referral", "online", "event"]
+    referral_code: str | None = Field(None, max_length=40)
+    consents: Consents = Consents()
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+    _phone = field_validator("phone")(lambda cls, v: normalize_phone(v))
+
+    @field_validator("birthday")
+    @classmethod
+    def _plausible_birthday(cls, v: date) -> date:
+        if v.year < 1900 or v > date.today():
+            raise ValueError("birthday must be between 1900-01-01 and today")
+        return v
+
+
+class EnrolResponse(BaseModel):
+    member_id: str
+    member_no: str
+    referral_code: str
+    enrolled_at: datetime
+
+
+class MemberProfile(BaseModel):
+    member_id: str
+    member_no: str
+    name: str
+    phone: str
+    birthday: date
+    home_clinic_id: str
+    source: str
+    referral_code: str
+    referred_by: str | None
+    consents: Consents
+    email: str | None
+    enrolled_at: datetime
+
+
+class MemberList(BaseModel):
+    items: list[MemberProfile]
+
+
+class MemberPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    consents: Consents | None = None
+
+
+class PurchaseItemIn(Strict):
+    sku: str = Id
+    category: str = Field(min_length=1, max_length=100)
+    amount_fen: int = Field(ge=0, le=10**12)
+    qty: int = Field(ge=1, le=10**6)
+
+
+class PurchaseRequest(Strict):
+    pos_txn_id: str = Id
+    clinic_id: str = Id
+    member_id: str = Id
+    amount_fen: int = Field(gt=0, le=10**12)
+    currency: Literal["CNY"]
+    occurred_at: AwareDatetime
+    items: list[PurchaseItemIn] = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _amount_is_items_sum(self) -> PurchaseRequest:
+        total = sum(i.amount_fen for i in self.items)
+        if total != self.amount_fen:
+            raise ValueError(f"amount_fen ({self.amount_fen}) must equal the sum of the items' amount_fen ({total})")
+        return self
+
+
+class PurchaseAccepted(BaseModel):
+    purchase_id: str
+    status: Literal["recorded"] = "recorded"
+
+
+class ActivityRequest(Strict):
+    activity_id: str = Id
+    member_id: str = Id
+    clinic_id: str = Id
+    kind: str = Field(min_length=1, max_length=40, pattern=r"^[a-z_]+$")
+    occurred_at: AwareDatetime
+
+
+class ActivityAccepted(BaseModel):
+    activity_id: str
+    status: Literal["recorded"] = "recorded"
+
+
+class TierView(BaseModel):
+    code: str
+    name: str
+    since: datetime | None
+    review_at: datetime | None
+
+
+class ProgressView(BaseModel):
+    next_tier: str | None
+    spend_fen: int
+    spend_needed_fen: int
+    points: int
+    points_needed: int
+
+
+class ExpiringView(BaseModel):
+    points: int
+    expires_on: date
+
+
+class PointsView(BaseModel):
+    balance: int
+    available: int | None = None
+    pending: int | None = None
+    expiring: list[ExpiringView] = []
+
+
+class BenefitView(BaseModel):
+    benefit_id: str
+    code: str
+    remaining_uses: int | None
+    valid_until: datetime | None
+
+
+class MemberStatus(BaseModel):
+    member_id: str
+    tier: TierView
+    progress: ProgressView
+    points: PointsView
+    benefits: list[BenefitView]
+    as_of: datetime

@@ -1,0 +1,5 @@
+from shared.service import main
+
+from .service import SERVICE
+
+main(SERVICE)

@@ -1,0 +1,7 @@
+"""The tiering service, described once for the shared runner."""
+
+from shared.service import ServiceDefinition
+
+from .tables import shared
+
+SERVICE = ServiceDefinition(name="tiering", tables=shared, routers=[], handlers={})

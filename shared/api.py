@@ -1,0 +1,196 @@
+"""API plumbing every service uses: the app factory, auth, health, metrics, idempotency.
+
+Routes stay thin: parse the request, call a handler with a unit of work, map the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .db import Database, UnitOfWork
+from .observability import correlation_id, metrics
+from .platform import Principal, PlatformStore
+from .problems import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, install_problem_handlers
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What a service's routes need, built once at start-up."""
+
+    name: str
+    settings: Settings
+    db: Database
+    platform: PlatformStore
+
+
+def get_ctx(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
+_bearer = HTTPBearer(auto_error=False, description="API key of one chain, with scopes pos/app/ops")
+
+
+def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: a valid key with any of ``scopes`` (``ops`` may do everything)."""
+
+    async def dependency(
+        ctx: CtxDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
+        if credentials is None or not credentials.credentials:
+            raise Unauthorized("Send 'Authorization: Bearer <api key>'.")
+        principal = await ctx.platform.principal(credentials.credentials)
+        if principal is None:
+            raise Unauthorized("The API key is unknown or revoked.")
+        if not any(principal.allows(s) for s in scopes):
+            raise Forbidden(f"This operation needs one of the scopes {list(scopes)} (or ops).")
+        return principal
+
+    return dependency
+
+
+def same_chain(principal: Principal, chain_id: str | None, what: str = "member") -> None:
+    """Another chain's resources do not exist for this key: 404, never the data."""
+    if chain_id is None or chain_id != principal.chain_id:
+        raise NotFound(f"No such {what}.")
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def idempotent(
+    uow: UnitOfWork,
+    principal: Principal,
+    *,
+    scope: str,
+    key: str | None,
+    body: Any,
+    action: Callable[[], Awaitable[tuple[int, Any]]],
+) -> JSONResponse:
+    """Run ``action`` once per (chain, scope, Idempotency-Key).
+
+    The key row is inserted in the caller's transaction before the work: a second
+    request with the same key waits for the first to commit, then gets its stored
+    response (same ids); a different body gets 409. If the work fails, the key
+    rolls back with it, so the client may retry.
+    """
+    if key is None:
+        status, doc = await action()
+        return JSONResponse(doc, status_code=status)
+    if not key.strip():
+        raise InvalidRequest("Idempotency-Key must not be blank.")
+    t = uow.tables.idempotency
+    digest = request_hash(body)
+    inserted = (await uow.session.execute(
+        pg_insert(t).values(chain_id=principal.chain_id, scope=scope, key=key, request_hash=digest)
+        .on_conflict_do_nothing().returning(t.c.key)
+    )).first()
+    if inserted is None:
+        row = (await uow.session.execute(select(t).where(
+            t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key))).one()
+        if row.request_hash != digest:
+            raise Conflict("This Idempotency-Key was used with a different request body.")
+        return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
+    status, doc = await action()
+    await uow.session.execute(t.update().where(
+        t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key
+    ).values(status_code=status, response=doc))
+    return JSONResponse(doc, status_code=status)
+
+
+def _broker_reachable(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: str, description: str = "") -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        yield
+        await ctx.db.dispose()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.ctx = ctx
+    install_problem_handlers(app)
+
+    @app.middleware("http")
+    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        token = correlation_id.set(cid[:100])
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            correlation_id.reset(token)
+        elapsed = time.perf_counter() - started
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.inc("http_requests_total", 1, service=ctx.name, method=request.method, path=path,
+                    status=str(response.status_code))
+        metrics.observe("http_request_seconds", elapsed, service=ctx.name, method=request.method, path=path)
+        response.headers["X-Correlation-Id"] = cid
+        # the path template, never the query string: a phone lookup must not reach the logs
+        log.info("request", extra={"method": request.method, "path": path, "status": response.status_code,
+                                   "ms": round(elapsed * 1000, 2), "correlation_id": cid})
+        return response
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Alive."""
+        return {"status": "ok", "service": ctx.name}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """Database and broker reachable."""
+        checks = {"database": False, "broker": False}
+        try:
+            async with ctx.db.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:
+            log.warning("readiness: database unreachable", exc_info=True)
+        checks["broker"] = _broker_reachable(ctx.settings.kafka_bootstrap)
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus metrics."""
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def current_correlation_id() -> str | None:
+    return correlation_id.get()

@@ -1,0 +1,233 @@
+"""The idempotent consumer runner, written once for every service.
+
+A service gives it ``handlers``: ``{EventDataClass: async def handler(event, uow)}``.
+The runner:
+
+* reads batches with ``getmany``; all of a batch's events are applied in ONE
+  database transaction, whose first statement records their ids in the schema's
+  ``inbox`` (``ON CONFLICT DO NOTHING``): an id already there was applied
+  before, so a redelivered event changes nothing;
+* commits Kafka offsets only after that transaction commits (at-least-once
+  delivery, exactly-once effects);
+* sends undecodable or invalid messages, and events whose handler keeps failing
+  (``consumer_max_attempts``), to ``<topic>.dlq`` with the error and the original
+  topic/partition/offset, then moves on;
+* on a handler failure, retries the batch one event per transaction so a poison
+  event cannot hold back the events behind it; database/broker outages are not
+  the event's fault and are retried without dead-lettering;
+* finishes the batch in hand before giving partitions away in a rebalance, and
+  on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from .db import Database, UnitOfWork
+from .events import CloudEvent, EventData, UndecodableEvent, decode, dlq_of, topic_of
+from .observability import correlation_scope, metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
+Handlers = dict[type[EventData], Handler]
+
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An outage or a concurrency conflict: retry, it is not the event's fault."""
+    if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError, OSError, KafkaError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        code = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None)
+        return code in TRANSIENT_SQLSTATES
+    return False
+
+
+@dataclass
+class Delivery:
+    record: ConsumerRecord
+    event: CloudEvent | None = None
+    error: str | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # wait for the batch in hand to commit before the partitions move on
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": len(assigned)})
+
+
+class ConsumerRunner:
+    def __init__(self, *, service: str, db: Database, handlers: Handlers, producer: AIOKafkaProducer) -> None:
+        self.service = service
+        self.db = db
+        self.handlers = handlers
+        self.producer = producer
+        self.settings = db.settings
+        self.topics = sorted({topic_of(cls.publisher) for cls in handlers})
+        self.group_id = f"membership-{service}"
+        self.lock = asyncio.Lock()
+        self.failures: dict[str, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+
+    def make_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            max_poll_records=self.settings.consumer_batch,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self.consumer = self.make_consumer()
+        consumer.subscribe(self.topics, listener=_Rebalance(self.lock))
+        await consumer.start()
+        log.info("consumer started", extra={"topics": self.topics, "group": self.group_id})
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.consumer_batch)
+                if not batch:
+                    continue
+                async with self.lock:
+                    records = [r for tp_records in batch.values() for r in tp_records]
+                    if not await self.process(records, stop):
+                        break  # leave offsets uncommitted; the batch is redelivered
+                    offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+                    try:
+                        await consumer.commit(offsets)
+                    except CommitFailedError:
+                        log.warning("offset commit failed after a rebalance; the batch will be redelivered")
+        finally:
+            await consumer.stop()
+
+    async def process(self, records: list[ConsumerRecord], stop: asyncio.Event) -> bool:
+        """Apply a batch exactly once. True when every record is applied, skipped or dead-lettered;
+        False when asked to stop first (then nothing of the batch is committed)."""
+        started = time.perf_counter()
+        deliveries = [self._decode(r) for r in records]
+        dead = [d for d in deliveries if d.error is not None]
+        todo = [d for d in deliveries if d.event is not None and type(d.event.data) in self.handlers]
+        backoff = self.settings.consumer_retry_backoff_seconds
+        while todo and not stop.is_set():
+            try:
+                await self._apply(todo)
+                break
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("transient failure applying a batch; retrying", extra={"error": repr(exc)})
+                    await asyncio.sleep(min(backoff, 5.0))
+                    backoff = max(backoff * 2, 0.1)
+                    continue
+                log.warning("a handler failed; applying the batch one event at a time", extra={"error": repr(exc)})
+                failed = await self._apply_one_by_one(todo, stop)
+                if failed is None:
+                    return False
+                dead += failed
+                break
+        else:
+            if todo:
+                return False  # stopping: nothing committed, everything will be redelivered
+        for d in dead:
+            await self._dead_letter(d)
+        metrics.inc("events_consumed_total", len(records), service=self.service)
+        metrics.observe("consumer_batch_seconds", time.perf_counter() - started, service=self.service)
+        return True
+
+    def _decode(self, record: ConsumerRecord) -> Delivery:
+        try:
+            if record.value is None:
+                raise UndecodableEvent("empty message")
+            return Delivery(record, event=decode(record.value))
+        except UndecodableEvent as exc:
+            return Delivery(record, error=str(exc))
+
+    async def _apply(self, deliveries: list[Delivery]) -> None:
+        async with self.db.unit_of_work() as uow:
+            fresh = await self._record_in_inbox(uow, [d.event.id for d in deliveries])  # type: ignore[union-attr]
+            for d in deliveries:
+                event = d.event
+                assert event is not None
+                if event.id not in fresh:
+                    continue  # applied before: redelivery changes nothing
+                fresh.discard(event.id)  # the same event twice in one batch is applied once
+                await self._handle(uow, event)
+
+    async def _handle(self, uow: UnitOfWork, event: CloudEvent) -> None:
+        uow.correlation_id = event.correlationid or event.id
+        uow.causation_id = event.id
+        with correlation_scope(uow.correlation_id):
+            await self.handlers[type(event.data)](event, uow)
+
+    async def _record_in_inbox(self, uow: UnitOfWork, ids: list[str]) -> set[str]:
+        """Insert the batch's ids in one statement; return those not seen before."""
+        inbox = self.db.tables.inbox
+        stmt = text(
+            f"INSERT INTO {inbox.schema}.{inbox.name} (event_id) SELECT unnest(CAST(:ids AS text[])) "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+        return set((await uow.session.execute(stmt, {"ids": ids})).scalars().all())
+
+    async def _apply_one_by_one(self, deliveries: list[Delivery], stop: asyncio.Event) -> list[Delivery] | None:
+        """Each event in its own transaction; returns the ones that kept failing (None if stopped)."""
+        dead: list[Delivery] = []
+        for d in deliveries:
+            event = d.event
+            assert event is not None
+            attempt = 0
+            while not stop.is_set():
+                attempt += 1
+                try:
+                    await self._apply([d])
+                    break
+                except Exception as exc:
+                    if is_transient(exc):
+                        await asyncio.sleep(1.0)
+                        attempt -= 1
+                        continue
+                    if attempt >= self.settings.consumer_max_attempts:
+                        log.error("event failed %d times; dead-lettering it", attempt,
+                                  extra={"event_id": event.id, "event_type": event.type, "error": repr(exc)})
+                        d.error = f"handler failed {attempt} times: {exc!r}"
+                        dead.append(d)
+                        break
+                    await asyncio.sleep(self.settings.consumer_retry_backoff_seconds * attempt)
+            else:
+                return None
+        return dead
+
+    async def _dead_letter(self, d: Delivery) -> None:
+        r = d.record
+        headers = list(r.headers or []) + [
+            ("dlq.error", (d.error or "")[:4000].encode()),
+            ("dlq.topic", r.topic.encode()),
+            ("dlq.partition", str(r.partition).encode()),
+            ("dlq.offset", str(r.offset).encode()),
+            ("dlq.consumer", self.group_id.encode()),
+        ]
+        await (await self.producer.send(dlq_of(r.topic), value=r.value, key=r.key, headers=headers))
+        metrics.inc("events_dead_lettered_total", 1, service=self.service)
+        log.warning("message dead-lettered", extra={"topic": r.topic, "partition": r.partition,
+                                                    "offset": r.offset, "error": d.error})
+

@@ -1,0 +1,158 @@
+"""Database engine, the unit of work, and the tables every service schema has.
+
+Each service owns one PostgreSQL schema, created by its own Alembic history.
+A unit of work is one transaction: the state change and the events it causes
+(rows in the schema's outbox) commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, SmallInteger, Table, Text, func, insert, text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from .clock import Clock, SystemClock
+from .events import CloudEvent, EventData, new_event
+from .settings import Settings
+
+
+def make_engine(settings: Settings, pool_size: int | None = None) -> AsyncEngine:
+    size = pool_size or settings.db_pool_size
+    return create_async_engine(
+        settings.database_url,
+        pool_size=size,
+        max_overflow=size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class ServiceTables:
+    """The tables the shared mechanisms keep in every service's schema."""
+
+    outbox: Table
+    inbox: Table
+    idempotency: Table
+
+
+def shared_tables(metadata: MetaData) -> ServiceTables:
+    outbox = Table(
+        "outbox", metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", Text, nullable=False, unique=True),
+        Column("event_type", Text, nullable=False),
+        Column("topic", Text, nullable=False),
+        Column("key", Text, nullable=False),
+        Column("shard", SmallInteger, nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True)),
+        Index("outbox_unpublished", "shard", "id", postgresql_where=text("published_at IS NULL")),
+    )
+    inbox = Table(
+        "inbox", metadata,
+        Column("event_id", Text, primary_key=True),
+        Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    idempotency = Table(
+        "idempotency_keys", metadata,
+        Column("chain_id", Text, primary_key=True),
+        Column("scope", Text, primary_key=True),
+        Column("key", Text, primary_key=True),
+        Column("request_hash", Text, nullable=False),
+        Column("status_code", Integer),
+        Column("response", JSONB),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    return ServiceTables(outbox, inbox, idempotency)
+
+
+def shard_of(key: str, shards: int) -> int:
+    return zlib.crc32(key.encode()) % shards
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction of one service: its session, the events it will publish, the clock.
+
+    ``publish`` only records the event; the rows reach the outbox in one insert when
+    the unit of work ends, inside the same transaction as everything else.
+    """
+
+    session: AsyncSession
+    tables: ServiceTables
+    clock: Clock
+    shards: int
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    pending: list[CloudEvent] = field(default_factory=list)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def publish(self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None) -> CloudEvent:
+        event = new_event(
+            data, member_id=member_id, chain_id=chain_id,
+            correlation_id=self.correlation_id, causation_id=self.causation_id, time=time,
+        )
+        self.pending.append(event)
+        return event
+
+    async def execute(self, statement: Any, params: Any = None) -> Any:
+        return await self.session.execute(statement, params)
+
+    async def flush_outbox(self) -> None:
+        if not self.pending:
+            return
+        rows = [
+            {
+                "event_id": e.id, "event_type": e.type, "topic": e.topic, "key": e.subject,
+                "shard": shard_of(e.subject, self.shards), "payload": e.to_json().decode(),
+            }
+            for e in self.pending
+        ]
+        self.pending.clear()
+        await self.session.execute(insert(self.tables.outbox), rows)
+
+
+@dataclass
+class Database:
+    """What a service process holds on to: engine, sessions, its tables, its clock."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    tables: ServiceTables
+    clock: Clock
+
+    @classmethod
+    def connect(cls, settings: Settings, tables: ServiceTables, clock: Clock | None = None,
+                pool_size: int | None = None) -> Database:
+        engine = make_engine(settings, pool_size)
+        return cls(settings, engine, make_sessionmaker(engine), tables, clock or SystemClock())
+
+    @asynccontextmanager
+    async def unit_of_work(self, *, correlation_id: str | None = None,
+                           causation_id: str | None = None) -> AsyncIterator[UnitOfWork]:
+        async with self.sessions() as session, session.begin():
+            uow = UnitOfWork(session, self.tables, self.clock, self.settings.outbox_shards,
+                             correlation_id, causation_id)
+            yield uow
+            await uow.flush_outbox()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

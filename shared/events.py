@@ -1,0 +1,309 @@
+"""CloudEvents 1.0 envelope and one frozen pydantic model per event type (SPEC §3).
+
+Every message on a ``membership.*`` topic is the structured-mode JSON of a
+:class:`CloudEvent`; its key is the member id. ``decode`` turns bytes back into a
+typed event through :data:`EVENT_TYPES`, the registry from ``type`` to model.
+Models ignore unknown fields so that producers can add fields without breaking
+older consumers (add, never rename).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from .clock import utcnow
+
+CONTENT_TYPE = "application/cloudevents+json"
+TOPIC_PREFIX = "membership."
+
+
+def topic_of(service: str) -> str:
+    return f"{TOPIC_PREFIX}{service}"
+
+
+def dlq_of(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+class EventData(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    #: the service whose topic carries this event type
+    publisher: ClassVar[str]
+
+
+# ---- enrollment ---------------------------------------------------------------------------------
+
+
+class Consents(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    marketing: bool = False
+    sms: bool = False
+    email: bool = False
+
+
+class MemberEnrolled(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    member_id: str
+    member_no: str
+    home_clinic_id: str
+    source: str
+    referred_by: str | None = None
+    birthday: date
+    enrolled_at: datetime
+    # added: what notify needs to reach the member (topics are internal; never logged)
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    consents: Consents = Consents()
+
+
+class MemberUpdated(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    member_id: str
+    name: str | None = None
+    email: str | None = None
+    consents: Consents | None = None
+    updated_at: datetime
+
+
+class PurchaseItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    sku: str
+    category: str
+    amount_fen: int
+    qty: int
+
+
+class PurchaseRecorded(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    purchase_id: str
+    pos_txn_id: str
+    clinic_id: str
+    member_id: str
+    amount_fen: int = Field(gt=0)
+    occurred_at: datetime
+    items: list[PurchaseItem]
+
+
+class PurchaseRefunded(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    purchase_id: str
+    refund_id: str
+    amount_fen: int = Field(gt=0)
+    occurred_at: datetime
+    member_id: str | None = None  # added: the purchase's member (also the event's subject)
+
+
+class ActivityRecorded(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    activity_id: str
+    kind: str
+    clinic_id: str
+    occurred_at: datetime
+    member_id: str | None = None  # added
+
+
+class ReferralCompleted(EventData):
+    publisher: ClassVar[str] = "enrollment"
+    referrer_id: str
+    referee_id: str
+    purchase_id: str
+    completed_at: datetime
+    referral_count: int
+
+
+# ---- points -------------------------------------------------------------------------------------
+
+EntryType = Literal["earn", "redeem", "expire", "reverse", "adjust"]
+
+
+class PointsChanged(EventData):
+    publisher: ClassVar[str] = "points"
+    entry_id: str
+    delta: int
+    balance: int
+    entry_type: EntryType
+    reason: str
+    source_event_id: str | None = None
+    # added: when the points were earned (for trailing qualification windows), and whether they qualify
+    occurred_at: datetime | None = None
+    qualifying: bool = False
+    available: int | None = None
+    pending: int | None = None
+
+
+class PointsExpiringSoon(EventData):
+    publisher: ClassVar[str] = "points"
+    points: int
+    expires_on: date
+    lot_id: str | None = None
+
+
+# ---- tiering ------------------------------------------------------------------------------------
+
+
+class TierChanged(EventData):
+    publisher: ClassVar[str] = "tiering"
+    from_tier: str | None
+    to_tier: str
+    direction: Literal["up", "down", "none"]
+    reason: Literal["qualified", "review", "override", "recalculation"]
+    policy_version: int
+    effective_at: datetime
+    review_at: datetime | None = None
+    to_tier_name: str | None = None  # added: the tier's display name in the policy version
+
+
+class TierProgressChanged(EventData):
+    """Added: the member's qualification counters after a change, for the status view."""
+
+    publisher: ClassVar[str] = "tiering"
+    tier: str
+    tier_name: str | None = None
+    next_tier: str | None
+    spend_fen: int
+    spend_needed_fen: int
+    points: int
+    points_needed: int
+    review_at: datetime | None = None
+    policy_version: int
+
+
+# ---- benefits -----------------------------------------------------------------------------------
+
+
+class _BenefitEvent(EventData):
+    publisher: ClassVar[str] = "benefits"
+    benefit_id: str
+    code: str
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    remaining_uses: int | None = None
+    value_fen: int | None = None  # added: vouchers' face value
+
+
+class BenefitGranted(_BenefitEvent):
+    pass
+
+
+class BenefitRedeemed(_BenefitEvent):
+    clinic_id: str | None = None
+
+
+class BenefitRevoked(_BenefitEvent):
+    pass
+
+
+# ---- notify -------------------------------------------------------------------------------------
+
+
+class _NotificationEvent(EventData):
+    publisher: ClassVar[str] = "notify"
+    notification_id: str
+    kind: str
+    channel: str
+    attempts: int
+    error: str | None = None
+
+
+class NotificationSent(_NotificationEvent):
+    pass
+
+
+class NotificationFailed(_NotificationEvent):
+    pass
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.__name__: cls
+    for cls in (
+        MemberEnrolled, MemberUpdated, PurchaseRecorded, PurchaseRefunded, ActivityRecorded, ReferralCompleted,
+        PointsChanged, PointsExpiringSoon, TierChanged, TierProgressChanged,
+        BenefitGranted, BenefitRedeemed, BenefitRevoked, NotificationSent, NotificationFailed,
+    )
+}
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 structured-mode envelope with membership extensions."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    source: str
+    type: str
+    subject: str
+    time: datetime = Field(default_factory=utcnow)
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschemaversion: int = 1
+    chainid: str
+    correlationid: str | None = None
+    causationid: str | None = None
+    data: SerializeAsAny[EventData]
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("time must carry a UTC offset")
+        return v
+
+    @property
+    def member_id(self) -> str:
+        return self.subject
+
+    @property
+    def topic(self) -> str:
+        return topic_of(self.data.publisher)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def new_event(
+    data: EventData,
+    *,
+    member_id: str,
+    chain_id: str,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    return CloudEvent(
+        source=f"membership/{data.publisher}",
+        type=type(data).__name__,
+        subject=member_id,
+        chainid=chain_id,
+        correlationid=correlation_id,
+        causationid=causation_id,
+        data=data,
+        **({"time": time} if time is not None else {}),
+    )
+
+
+class UndecodableEvent(ValueError):
+    """The bytes are not a CloudEvent of a known type with valid data."""
+
+
+def decode(raw: bytes | str) -> CloudEvent:
+    try:
+        doc: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UndecodableEvent(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise UndecodableEvent("not a JSON object")
+    event_type = doc.get("type")
+    model = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    if model is None:
+        raise UndecodableEvent(f"unknown event type {event_type!r}")
+    try:
+        data = model.model_validate(doc.get("data"))
+        return CloudEvent.model_validate({**doc, "data": data})
+    except ValidationError as exc:
+        raise UndecodableEvent(f"invalid {event_type}: {exc.errors(include_url=False, include_input=False)}") from exc

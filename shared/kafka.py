@@ -1,0 +1,56 @@
+"""Kafka clients configured the same way in every service, and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .events import dlq_of, topic_of
+from .settings import SERVICES, Settings
+
+log = logging.getLogger(__name__)
+
+
+def all_topics() -> list[str]:
+    topics = [topic_of(s) for s in SERVICES]
+    return topics + [dlq_of(t) for t in topics]
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=settings.kafka_idempotent_producer,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+    )
+
+
+async def ensure_topics(settings: Settings, topics: list[str] | None = None, attempts: int = 30) -> None:
+    """Create the platform's topics (and their dead-letter topics) if they do not exist."""
+    wanted = topics or all_topics()
+    for attempt in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [t for t in wanted if t not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing]
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another process created them first
+            return
+        except Exception as exc:  # broker still starting
+            if attempt == attempts - 1:
+                raise
+            log.info("waiting for the broker", extra={"error": str(exc)})
+            await asyncio.sleep(1)
+        finally:
+            await admin.close()

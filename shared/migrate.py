@@ -1,0 +1,107 @@
+"""Alembic, once for every schema: each service keeps its own history in
+``<package>/migrations`` and its own version table in its own schema.
+
+``python -m shared.migrate`` upgrades the platform schema and all five services
+(under an advisory lock, so replicas starting together do not race).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import zlib
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from .settings import SERVICES, Settings
+
+
+def run_env(schema: str) -> None:
+    """The body of every ``env.py``: run this schema's migrations online, async."""
+    url = context.config.get_main_option("sqlalchemy.url")
+
+    def do_run(connection) -> None:  # noqa: ANN001
+        context.configure(connection=connection, version_table_schema=schema, transaction_per_migration=False)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def go() -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": zlib.crc32(b"migrate:" + schema.encode())})
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await conn.commit()
+            await conn.run_sync(do_run)
+            await conn.commit()
+        await engine.dispose()
+
+    asyncio.run(go())
+
+
+def create_shared_tables(op, schema: str) -> None:  # noqa: ANN001
+    """For a service's first migration: the outbox (with its NOTIFY trigger), inbox and idempotency keys."""
+    from .db import shared_tables
+    from .outbox import outbox_notify_ddl
+
+    md = MetaData(schema=schema)
+    tables = shared_tables(md)
+    bind = op.get_bind()
+    for table in (tables.outbox, tables.inbox, tables.idempotency):
+        table.create(bind)
+    for ddl in outbox_notify_ddl(schema):
+        op.execute(ddl)
+
+
+def _config(script_location: Path, settings: Settings) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return cfg
+
+
+def migrations_of(name: str) -> Path:
+    if name == "platform":
+        return Path(__file__).parent / "platform_migrations"
+    module = importlib.import_module(name)
+    return Path(module.__file__).parent / "migrations"  # type: ignore[arg-type]
+
+
+def upgrade(settings: Settings, names: list[str] | None = None) -> None:
+    for name in ["platform", *(names or SERVICES)]:
+        command.upgrade(_config(migrations_of(name), settings), "head")
+
+
+async def seed_demo(settings: Settings) -> None:
+    """The embedded default's demo chain and one key per scope (values from settings)."""
+    from .platform import add_api_key, upsert_chain
+
+    engine = create_async_engine(settings.database_url, poolclass=NullPool)
+    try:
+        await upsert_chain(engine, settings.demo_chain_id, "Demo Aesthetics Clinics", timezone="Asia/Shanghai",
+                           webhook_url=settings.demo_webhook_url, webhook_secret=settings.demo_webhook_secret)
+        for scope, key in (("pos", settings.demo_pos_key), ("app", settings.demo_app_key),
+                           ("ops", settings.demo_ops_key)):
+            await add_api_key(engine, settings.demo_chain_id, [scope], name=f"demo-{scope}", key=key)
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Upgrade the membership schemas to head.")
+    parser.add_argument("services", nargs="*", help="services to migrate (default: all)")
+    parser.add_argument("--seed-demo", action="store_true", help="create the demo chain and its keys")
+    args = parser.parse_args()
+    settings = Settings()
+    upgrade(settings, args.services or None)
+    if args.seed_demo:
+        asyncio.run(seed_demo(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in order per member.
+
+Ordering and replicas: every row carries ``shard = crc32(member_id) % shards``.
+A relay publishes a shard only while holding a transaction-scoped advisory lock
+on (schema, shard), in ``id`` order, and marks the rows published in the same
+transaction. Several relay replicas therefore split the shards between them,
+never publish one member's events concurrently, and a relay that dies before
+its commit leaves the rows unpublished for the next one (at-least-once; the
+consumers' inbox makes the duplicates harmless).
+
+Wake-up: an insert into the outbox fires ``pg_notify('outbox_<schema>')``
+(a statement trigger created by the migration); the relay LISTENs on it and
+also polls every ``outbox_poll_seconds`` in case a notification is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import select, text, update
+
+from .db import Database
+from .events import CONTENT_TYPE
+from .observability import metrics
+
+log = logging.getLogger(__name__)
+
+
+def notify_channel(schema: str) -> str:
+    return f"outbox_{schema}"
+
+
+def lock_namespace(schema: str) -> int:
+    # advisory locks take two int4 keys: (namespace of this schema's outbox, shard)
+    return zlib.crc32(f"outbox:{schema}".encode()) & 0x7FFFFFFF
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, producer: AIOKafkaProducer, schema: str) -> None:
+        self.db = db
+        self.producer = producer
+        self.schema = schema
+        self.table = db.tables.outbox
+        self.wake = asyncio.Event()
+        self.namespace = lock_namespace(schema)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self._listen()
+        try:
+            while not stop.is_set():
+                try:
+                    published = await self.publish_pending()
+                except Exception:
+                    log.exception("outbox relay failed; retrying")
+                    published = 0
+                    await asyncio.sleep(1)
+                if published:
+                    continue
+                self.wake.clear()
+                waiter = asyncio.ensure_future(self.wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, timeout=self.db.settings.outbox_poll_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await asyncpg.connect(self.db.settings.asyncpg_dsn)
+            await conn.add_listener(notify_channel(self.schema), lambda *_: self.wake.set())
+            return conn
+        except Exception:
+            log.warning("LISTEN failed; the relay falls back to polling", exc_info=True)
+            return None
+
+    async def publish_pending(self) -> int:
+        """Publish every committed, unpublished row of every shard this relay can lock."""
+        t = self.table
+        async with self.db.engine.connect() as conn:
+            shards = (await conn.execute(
+                select(t.c.shard).where(t.c.published_at.is_(None)).group_by(t.c.shard)
+            )).scalars().all()
+        total = 0
+        for shard in shards:
+            total += await self._publish_shard(shard)
+        return total
+
+    async def _publish_shard(self, shard: int) -> int:
+        t = self.table
+        published = 0
+        while True:
+            async with self.db.engine.begin() as conn:
+                locked = await conn.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:ns, :shard)"), {"ns": self.namespace, "shard": shard}
+                )
+                if not locked:
+                    return published  # another replica owns this shard right now
+                rows = (await conn.execute(
+                    select(t.c.id, t.c.topic, t.c.key, t.c.payload)
+                    .where(t.c.shard == shard, t.c.published_at.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self.db.settings.outbox_batch)
+                )).all()
+                if not rows:
+                    return published
+                headers = [("content-type", CONTENT_TYPE.encode())]
+                futures = [
+                    await self.producer.send(r.topic, value=r.payload.encode(), key=r.key.encode(), headers=headers)
+                    for r in rows
+                ]
+                await asyncio.gather(*futures)
+                await conn.execute(
+                    update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()"))
+                )
+            published += len(rows)
+            metrics.inc("outbox_published_total", len(rows))
+            if len(rows) < self.db.settings.outbox_batch:
+                return published
+
+
+def outbox_notify_ddl(schema: str) -> list[str]:
+    """DDL for the statement trigger that wakes the relay; used by each service's first migration."""
+    channel = notify_channel(schema)
+    return [
+        f"""CREATE OR REPLACE FUNCTION {schema}.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$""",
+        f"""CREATE TRIGGER outbox_notify AFTER INSERT ON {schema}.outbox
+            FOR EACH STATEMENT EXECUTE FUNCTION {schema}.outbox_notify()""",
+    ]

@@ -1,0 +1,137 @@
+"""How a service becomes processes: ``python -m <service> api|worker|migrate``.
+
+A service describes itself once with a :class:`ServiceDefinition` (its schema,
+tables, routers, event handlers and schedules); everything else is here, the
+same for all five: the API process (uvicorn), and the worker process that runs
+the outbox relay, the idempotent consumer and the schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, FastAPI
+
+from .api import ServiceContext, create_service_app
+from .clock import Clock, OffsetFileClock, SystemClock
+from .consumer import ConsumerRunner, Handlers
+from .db import Database, ServiceTables
+from .kafka import ensure_topics, make_producer
+from .observability import configure_logging
+from .outbox import OutboxRelay
+from .platform import PlatformStore
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    """Periodic work of a worker (expiry, reviews, deliveries...). It must be safe to run
+    on several replicas at once: the database, not the scheduler, prevents double effects."""
+
+    name: str
+    run: Callable[[ServiceContext], Awaitable[object]]
+    interval_seconds: float | None = None  # None: settings.schedule_interval_seconds
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    tables: ServiceTables
+    routers: list[APIRouter]
+    handlers: Handlers
+    schedules: list[Schedule] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def schema(self) -> str:
+        return str(self.tables.outbox.schema)
+
+
+def make_clock(settings: Settings) -> Clock:
+    return OffsetFileClock(settings.clock_file) if settings.clock_file else SystemClock()
+
+
+def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | None = None) -> ServiceContext:
+    db = Database.connect(settings, defn.tables, make_clock(settings), pool_size)
+    return ServiceContext(defn.name, settings, db, PlatformStore(db.engine, settings.api_key_cache_seconds))
+
+
+def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = build_context(defn, settings)
+    return create_service_app(ctx, defn.routers, title=f"membership {defn.name}", description=defn.description)
+
+
+async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event) -> None:
+    interval = schedule.interval_seconds or ctx.settings.schedule_interval_seconds
+    while not stop.is_set():
+        try:
+            await schedule.run(ctx)
+        except Exception:
+            log.exception("schedule failed", extra={"schedule": schedule.name})
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
+async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.Event) -> None:
+    """Relay + consumer + schedules until ``stop`` is set; finishes the batch in hand first."""
+    ctx = build_context(defn, settings)
+    await ensure_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    tasks = [asyncio.create_task(OutboxRelay(ctx.db, producer, defn.schema).run(stop), name="relay")]
+    if defn.handlers:
+        runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer)
+        tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
+    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in defn.schedules]
+    log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                log.error("worker task died", exc_info=t.exception(), extra={"task": t.get_name()})
+                stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await producer.stop()
+        await ctx.db.dispose()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {defn.name}", description=f"membership {defn.name} service")
+    parser.add_argument("role", choices=["api", "worker", "migrate"])
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging(f"{defn.name}-{args.role}", settings.log_level)
+    if args.role == "migrate":
+        from .migrate import upgrade
+
+        upgrade(settings, [defn.name])
+    elif args.role == "api":
+        import uvicorn
+
+        app = create_app(defn, settings)
+        uvicorn.run(app, host=settings.host, port=settings.port_of(defn.name), log_config=None,
+                    access_log=False, timeout_graceful_shutdown=10)
+    else:
+        async def go() -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            await run_worker(defn, settings, stop)
+
+        asyncio.run(go())

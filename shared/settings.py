@@ -1,0 +1,86 @@
+"""One settings class for every service; every variable is ``MEMBERSHIP_<NAME>``.
+
+Settings are built once at start-up and passed down (never read at import time),
+so tests can build a service with other settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("enrollment", "points", "tiering", "benefits", "notify")
+DEFAULT_PORTS = {"enrollment": 8001, "points": 8002, "tiering": 8003, "benefits": 8004, "notify": 8005}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMBERSHIP_", extra="ignore")
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/membership"
+    db_pool_size: int = Field(10, ge=1, le=200)
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Tansu rejects aiokafka's InitProducerId v0; switch on against Apache Kafka only.
+    kafka_idempotent_producer: bool = False
+    topic_partitions: int = Field(12, ge=1, le=1000)
+    topic_replication: int = Field(1, ge=1, le=5)
+    fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
+
+    host: str = "127.0.0.1"
+    enrollment_port: int = DEFAULT_PORTS["enrollment"]
+    points_port: int = DEFAULT_PORTS["points"]
+    tiering_port: int = DEFAULT_PORTS["tiering"]
+    benefits_port: int = DEFAULT_PORTS["benefits"]
+    notify_port: int = DEFAULT_PORTS["notify"]
+
+    # outbox relay
+    outbox_shards: int = Field(12, ge=1, le=1024)
+    outbox_batch: int = Field(1000, ge=1, le=10000)
+    outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+
+    # consumer runner
+    consumer_batch: int = Field(1000, ge=1, le=10000)
+    consumer_max_attempts: int = Field(3, ge=1, le=100)
+    consumer_retry_backoff_seconds: float = Field(0.2, ge=0, le=60)
+
+    # schedules (expiry, reviews, birthdays): how often a worker looks for due work
+    schedule_interval_seconds: float = Field(60.0, gt=0)
+
+    clock_file: Path | None = None  # tests only: a file with a time offset in seconds (see shared.clock)
+
+    api_key_cache_seconds: float = Field(5.0, ge=0)
+    log_level: str = "INFO"
+    data_dir: Path = Path(".data")
+
+    # notifications
+    notify_sink_dir: Path | None = None  # local sink for sms/webhook in the embedded default
+    notify_max_attempts: int = Field(5, ge=1, le=50)
+    notify_retry_base_seconds: float = Field(1.0, ge=0)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "membership@example.invalid"
+
+    # the embedded default's demo chain and keys (printed by `make run`)
+    demo_chain_id: str = "demo-chain"
+    demo_pos_key: str = "dev-pos-key-0000000000000000"
+    demo_app_key: str = "dev-app-key-0000000000000000"
+    demo_ops_key: str = "dev-ops-key-0000000000000000"
+    demo_webhook_url: str | None = None
+    demo_webhook_secret: str = "dev-webhook-secret"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if v.startswith("postgresql://") or v.startswith("postgres://"):
+            v = "postgresql+asyncpg://" + v.split("://", 1)[1]
+        if not v.startswith("postgresql+asyncpg://"):
+            raise ValueError("MEMBERSHIP_DATABASE_URL must be a postgresql:// (asyncpg) URL")
+        return v
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
