@@ -1,9 +1,61 @@
 """The tiering schema."""
 
-from sqlalchemy import MetaData
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, Table, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import shared_tables
 
 SCHEMA = "tiering"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+
+# The programme as versioned data: a PUT adds a version, nothing is ever changed in place.
+policies = Table(
+    "policies", metadata,
+    Column("chain_id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("document", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Each member's current tier; the row is the lock that serialises a member's tier changes.
+members = Table(
+    "members", metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("chain_id", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("review_at", DateTime(timezone=True)),
+    Column("policy_version", Integer, nullable=False),
+    Column("enrolled_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("members_review_due", "review_at"),
+)
+
+# What counts towards qualification, one row per consumed event, at the time it happened:
+# trailing-window sums are one indexed range query, correct for late events too.
+qualifying_facts = Table(
+    "qualifying_facts", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("spend_fen", BigInteger, nullable=False, server_default="0"),
+    Column("points", BigInteger, nullable=False, server_default="0"),
+    Column("source_event_id", Text, nullable=False, unique=True),
+    Index("qualifying_facts_member_time", "member_id", "occurred_at"),
+)
+
+tier_history = Table(
+    "tier_history", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("from_tier", Text),
+    Column("to_tier", Text, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("effective_at", DateTime(timezone=True), nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Index("tier_history_member", "member_id", "id"),
+)
