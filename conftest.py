@@ -63,3 +63,23 @@ def stack(webhook: WebhookReceiver) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> Api:
     return Api({s: stack.url(s) for s in SERVICES})
+
+
+@pytest.fixture(scope="session")
+def other_chain_key(stack: Stack) -> str:
+    """A key (all scopes) of a second chain, to show chains are isolated."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.platform import add_api_key, upsert_chain
+
+    async def go() -> str:
+        engine = create_async_engine(stack.postgres.url)  # type: ignore[union-attr]
+        try:
+            await upsert_chain(engine, "other-chain", "Other Clinics")
+            return await add_api_key(engine, "other-chain", ["pos", "app", "ops"], name="other-all")
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())

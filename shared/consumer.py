@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .db import Database, UnitOfWork
-from .events import CloudEvent, EventData, UndecodableEvent, decode, dlq_of, topic_of
+from .events import CloudEvent, EventData, UndecodableEvent, UnknownEventType, decode, dlq_of, topic_of
 from .observability import correlation_scope, metrics
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,9 @@ class ConsumerRunner:
             if record.value is None:
                 raise UndecodableEvent("empty message")
             return Delivery(record, event=decode(record.value))
+        except UnknownEventType:
+            metrics.inc("events_skipped_unknown_type_total", 1, service=self.service)
+            return Delivery(record)  # neither applied nor dead-lettered: a newer producer's event
         except UndecodableEvent as exc:
             return Delivery(record, error=str(exc))
 

@@ -135,6 +135,14 @@ class PointsChanged(EventData):
     qualifying: bool = False
     available: int | None = None
     pending: int | None = None
+    # added: the member's remaining points by expiry date after this change (for the status view)
+    expiring: list[ExpiringPoints] | None = None
+
+
+class ExpiringPoints(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    points: int
+    expires_on: date
 
 
 class PointsExpiringSoon(EventData):
@@ -172,6 +180,16 @@ class TierProgressChanged(EventData):
     points_needed: int
     review_at: datetime | None = None
     policy_version: int
+
+
+class PolicyChanged(EventData):
+    """Added: a chain's programme changed; ``policy`` is the whole new version (shared.policy.Policy).
+    Its subject is ``chain:<chain_id>``, not a member."""
+
+    publisher: ClassVar[str] = "tiering"
+    version: int
+    policy: dict[str, Any]
+    changed_at: datetime
 
 
 # ---- benefits -----------------------------------------------------------------------------------
@@ -223,7 +241,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
     cls.__name__: cls
     for cls in (
         MemberEnrolled, MemberUpdated, PurchaseRecorded, PurchaseRefunded, ActivityRecorded, ReferralCompleted,
-        PointsChanged, PointsExpiringSoon, TierChanged, TierProgressChanged,
+        PointsChanged, PointsExpiringSoon, TierChanged, TierProgressChanged, PolicyChanged,
         BenefitGranted, BenefitRedeemed, BenefitRevoked, NotificationSent, NotificationFailed,
     )
 }
@@ -291,6 +309,11 @@ class UndecodableEvent(ValueError):
     """The bytes are not a CloudEvent of a known type with valid data."""
 
 
+class UnknownEventType(UndecodableEvent):
+    """A well-formed envelope of a type this code does not know: a newer producer added it.
+    Consumers skip it (adding event types is compatible); it is not poison."""
+
+
 def decode(raw: bytes | str) -> CloudEvent:
     try:
         doc: Any = json.loads(raw)
@@ -301,6 +324,9 @@ def decode(raw: bytes | str) -> CloudEvent:
     event_type = doc.get("type")
     model = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
     if model is None:
+        well_formed = all(isinstance(doc.get(k), str) and doc.get(k) for k in ("id", "type", "source", "subject"))
+        if well_formed and doc.get("specversion") == "1.0" and isinstance(doc.get("data"), dict):
+            raise UnknownEventType(f"unknown event type {event_type!r}")
         raise UndecodableEvent(f"unknown event type {event_type!r}")
     try:
         data = model.model_validate(doc.get("data"))

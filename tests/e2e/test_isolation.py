@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.platform import add_api_key, upsert_chain
 from tests.helpers import Api, eventually, is_problem
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def other_chain_key(stack) -> str:  # noqa: ANN001
-    async def go() -> str:
-        engine = create_async_engine(stack.postgres.url)
-        try:
-            await upsert_chain(engine, "other-chain", "Other Clinics")
-            return await add_api_key(engine, "other-chain", ["pos", "app", "ops"], name="other-all")
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
 
 
 READS = [

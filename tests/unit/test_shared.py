@@ -91,3 +91,15 @@ def test_a_policy_with_an_unknown_benefit_is_rejected() -> None:
         Policy.model_validate(doc)
 
 
+
+
+def test_a_well_formed_event_of_an_unknown_type_is_told_apart_from_poison() -> None:
+    from shared.events import UnknownEventType
+
+    newer = {"specversion": "1.0", "id": "e1", "source": "membership/benefits", "type": "BenefitExpired",
+             "subject": "m1", "chainid": "c", "data": {"benefit_id": "b"}}
+    with pytest.raises(UnknownEventType):
+        decode(json.dumps(newer))
+    with pytest.raises(UndecodableEvent) as garbage:
+        decode(b'{"type": "BenefitExpired"}')
+    assert not isinstance(garbage.value, UnknownEventType)

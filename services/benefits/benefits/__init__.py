@@ -1,1 +1,1 @@
-"""benefits service (stub)."""
+"""benefits: the benefit catalog per tier, members' entitlements, redemptions."""

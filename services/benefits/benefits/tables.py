@@ -1,9 +1,64 @@
-"""The benefits schema."""
+"""The benefits schema: the member projection, entitlements and redemptions."""
 
-from sqlalchemy import MetaData
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, CheckConstraint, Column, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func,
+    text,
+)
 
 from shared.db import shared_tables
 
 SCHEMA = "benefits"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+
+# What this service knows of a member, from MemberEnrolled and TierChanged.
+members = Table(
+    "members", metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("chain_id", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    # effective time of the tier: an older TierChanged (a replay) never overwrites a newer one
+    Column("tier_since", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+entitlements = Table(
+    "entitlements", metadata,
+    Column("benefit_id", Text, primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("tier", Text),  # the tier it came with; None for vouchers and referral rewards (never revoked)
+    Column("value_fen", BigInteger),
+    Column("percent", Integer),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True)),  # None: while the tier is held
+    Column("remaining_uses", Integer),  # None: unlimited
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("source_event_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('active', 'used', 'revoked', 'expired')", name="entitlements_status"),
+    CheckConstraint("remaining_uses IS NULL OR remaining_uses >= 0", name="entitlements_uses"),
+    # one event grants a code to a member at most once
+    UniqueConstraint("member_id", "code", "source_event_id", name="entitlements_grant_once"),
+    # a member holds at most one active tier-bound benefit per code
+    Index("entitlements_one_active_per_code", "member_id", "code", unique=True,
+          postgresql_where=text("tier IS NOT NULL AND status = 'active'")),
+    Index("entitlements_active_expiry", "valid_until", postgresql_where=text("status = 'active'")),
+)
+
+redemptions = Table(
+    "redemptions", metadata,
+    Column("redemption_id", Text, primary_key=True),
+    Column("benefit_id", Text, nullable=False),
+    Column("member_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("clinic_id", Text, nullable=False),
+    Column("remaining_uses", Integer),  # after this redemption
+    Column("redeemed_at", DateTime(timezone=True), nullable=False),
+    Index("redemptions_benefit", "benefit_id"),
+)

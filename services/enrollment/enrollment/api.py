@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1", tags=["enrollment"])
 AppKey = Annotated[Principal, Depends(require("app"))]
 PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
 PosKey = Annotated[Principal, Depends(require("pos"))]
+OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.post("/members", status_code=201, response_model=schemas.EnrolResponse)
@@ -52,7 +53,8 @@ async def get_member(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schema
     """A member's profile; the phone is masked unless the key has ops."""
     async with ctx.db.unit_of_work() as uow:
         row = await handlers.get_member(uow, chain_id=principal.chain_id, member_id=member_id)
-    return handlers.profile(row, reveal_phone=principal.is_ops)
+        status = await handlers.referral_status_of(uow, member_id=member_id)
+    return handlers.profile(row, reveal_phone=principal.is_ops, referral_status=status)
 
 
 @router.patch("/members/{member_id}", response_model=schemas.MemberProfile)
@@ -96,3 +98,28 @@ async def record_activity(body: schemas.ActivityRequest, ctx: CtxDep, principal:
 
         return await idempotent(uow, principal, scope="POST /v1/activities", key=idempotency_key,
                                 body=body.model_dump(mode="json"), action=action)
+
+
+@router.post("/purchases/{purchase_id}/refunds", status_code=202, response_model=schemas.RefundAccepted,
+             responses={200: {"model": schemas.RefundAccepted, "description": "a repeat of a recorded refund"}})
+async def refund_purchase(purchase_id: str, body: schemas.RefundRequest, ctx: CtxDep, principal: PosKey,
+                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Refund part or all of a purchase; idempotent on refund_id; never beyond what remains."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        async def action() -> tuple[int, dict]:
+            created, accepted = await handlers.record_refund(uow, chain_id=principal.chain_id,
+                                                             purchase_id=purchase_id, req=body)
+            return (202 if created else 200), accepted.model_dump(mode="json")
+
+        return await idempotent(uow, principal, scope=f"POST /v1/purchases/{purchase_id}/refunds",
+                                key=idempotency_key, body=body.model_dump(mode="json"), action=action)
+
+
+@router.post("/referrals/run", response_model=schemas.ReferralRun, tags=["operations"])
+async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None
+                        ) -> schemas.ReferralRun:
+    """Complete the referrals that are due as of ``as_of`` (default now); also runs on a schedule."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        as_of = (body.as_of if body and body.as_of else None) or uow.now()
+        completed = await handlers.complete_due_referrals(uow, as_of=as_of)
+    return schemas.ReferralRun(completed=completed, as_of=as_of)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, update
+from sqlalchemy import func, literal, select, text, true, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -19,16 +19,17 @@ from sqlalchemy.exc import IntegrityError
 from shared.api import request_hash
 from shared.db import UnitOfWork
 from shared.events import (
-    ActivityRecorded, BenefitGranted, BenefitRedeemed, BenefitRevoked, CloudEvent, Consents, MemberEnrolled,
+    ActivityRecorded, PolicyChanged, PurchaseRefunded, ReferralCompleted, BenefitGranted, BenefitRedeemed, BenefitRevoked, CloudEvent, Consents, MemberEnrolled,
     MemberUpdated, PointsChanged, PurchaseItem, PurchaseRecorded, TierChanged, TierProgressChanged,
 )
 from shared.observability import mask_phone
 from shared.problems import Conflict, InvalidRequest, NotFound
 
 from . import schemas
-from .tables import activities, member_status, members, purchases
+from .tables import activities, member_status, members, policies, purchases, referrals, refunds
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+EXPIRING_HORIZON = timedelta(days=90)  # the status view lists points expiring this soon
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
@@ -36,14 +37,19 @@ def new_referral_code() -> str:
     return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
 
 
-def profile(row: Any, *, reveal_phone: bool) -> schemas.MemberProfile:
+def profile(row: Any, *, reveal_phone: bool, referral_status: str | None = None) -> schemas.MemberProfile:
     return schemas.MemberProfile(
         member_id=row.member_id, member_no=row.member_no, name=row.name,
         phone=row.phone if reveal_phone else mask_phone(row.phone),
         birthday=row.birthday, home_clinic_id=row.home_clinic_id, source=row.source,
         referral_code=row.referral_code, referred_by=row.referred_by, consents=Consents(**row.consents),
-        email=row.email, enrolled_at=row.enrolled_at,
+        email=row.email, enrolled_at=row.enrolled_at, referrals_completed=row.referrals_completed,
+        referral_status=referral_status,
     )
+
+
+async def referral_status_of(uow: UnitOfWork, *, member_id: str) -> str | None:
+    return await uow.session.scalar(select(referrals.c.status).where(referrals.c.referee_id == member_id))
 
 
 async def get_member(uow: UnitOfWork, *, chain_id: str, member_id: str, lock: bool = False) -> Any:
@@ -59,20 +65,27 @@ async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[A
         select(members).where(members.c.chain_id == chain_id, members.c.phone == phone))).all())
 
 
+async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str) -> str:
+    referrer = (await uow.execute(select(members.c.member_id, members.c.chain_id, members.c.phone).where(
+        members.c.referral_code == code.upper()))).first()
+    if referrer is None or referrer.chain_id != chain_id:
+        # another chain's code is reported exactly like an unknown one: nothing leaks across chains
+        raise InvalidRequest("Unknown referral code.", errors=[
+            {"location": ["body", "referral_code"], "message": "unknown referral code", "type": "value_error"}])
+    if referrer.phone == phone:
+        raise InvalidRequest("A member cannot refer themselves.", errors=[
+            {"location": ["body", "referral_code"], "message": "self-referral", "type": "value_error"}])
+    return str(referrer.member_id)
+
+
 async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) -> schemas.EnrolResponse:
+    referred_by = None
+    if req.referral_code:
+        referred_by = await _referrer_for(uow, chain_id=chain_id, code=req.referral_code, phone=req.phone)
     existing = await find_by_phone(uow, chain_id=chain_id, phone=req.phone)
     if existing:
         raise Conflict("A member with this phone is already enrolled in the chain.",
                        member_id=existing[0].member_id)
-    referred_by = None
-    if req.referral_code:
-        referrer = (await uow.execute(select(members.c.member_id, members.c.chain_id).where(
-            members.c.referral_code == req.referral_code.upper()))).first()
-        if referrer is None or referrer.chain_id != chain_id:
-            # another chain's code is reported exactly like an unknown one: nothing leaks across chains
-            raise InvalidRequest("Unknown referral code.", errors=[
-                {"location": ["body", "referral_code"], "message": "unknown referral code", "type": "value_error"}])
-        referred_by = referrer.member_id
     now = uow.now()
     member_id = str(uuid.uuid4())
     seq = await uow.session.scalar(text("SELECT nextval('enrollment.member_no_seq')"))
@@ -89,6 +102,9 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
     except IntegrityError as exc:
         # a concurrent enrolment of the same phone won the race
         raise Conflict("A member with this phone is already enrolled in the chain.") from exc
+    if referred_by is not None:
+        await uow.execute(referrals.insert().values(referee_id=member_id, referrer_id=referred_by,
+                                                    chain_id=chain_id, created_at=now))
     uow.publish(MemberEnrolled(
         member_id=member_id, member_no=member_no, home_clinic_id=req.home_clinic_id, source=req.source,
         referred_by=referred_by, birthday=req.birthday, enrolled_at=now, name=req.name, phone=req.phone,
@@ -179,6 +195,91 @@ async def record_activity(uow: UnitOfWork, *, chain_id: str, req: schemas.Activi
     return False, schemas.ActivityAccepted(activity_id=req.activity_id)
 
 
+async def record_refund(uow: UnitOfWork, *, chain_id: str, purchase_id: str, req: schemas.RefundRequest
+                        ) -> tuple[bool, schemas.RefundAccepted]:
+    """Record a (partial) refund once per refund_id; refunds of a purchase never exceed it."""
+    digest = request_hash({**req.model_dump(mode="json"), "purchase_id": purchase_id})
+    key = (refunds.c.chain_id == chain_id, refunds.c.refund_id == req.refund_id)
+    # the purchase row lock serializes refunds of one purchase: the remaining amount is checked
+    # and reduced by one transaction at a time
+    purchase = (await uow.execute(select(purchases).where(
+        purchases.c.purchase_id == purchase_id, purchases.c.chain_id == chain_id).with_for_update())).first()
+    if purchase is None:
+        raise NotFound("No such purchase.")
+    prior = (await uow.execute(select(refunds.c.request_hash).where(*key))).first()
+    if prior is not None:
+        if prior.request_hash != digest:
+            raise Conflict("This refund_id was already recorded with a different body or purchase.")
+        return False, _refund_accepted(req, purchase)
+    if req.member_id is not None and req.member_id != purchase.member_id:
+        raise InvalidRequest("The purchase belongs to another member.", errors=[
+            {"location": ["body", "member_id"], "message": "not this purchase's member", "type": "value_error"}])
+    _reject_future(uow, req.occurred_at, "occurred_at")
+    if req.occurred_at < purchase.occurred_at:
+        raise InvalidRequest("A refund cannot precede its purchase.", errors=[
+            {"location": ["body", "occurred_at"], "message": "before the purchase", "type": "value_error"}])
+    remaining = purchase.amount_fen - purchase.refunded_fen
+    if req.amount_fen > remaining:
+        raise Conflict(f"The refund ({req.amount_fen} fen) exceeds what remains of the purchase ({remaining} fen).",
+                       remaining_fen=remaining)
+    await uow.execute(refunds.insert().values(
+        chain_id=chain_id, refund_id=req.refund_id, purchase_id=purchase_id, member_id=purchase.member_id,
+        amount_fen=req.amount_fen, occurred_at=req.occurred_at, request_hash=digest))
+    updated = (await uow.execute(update(purchases).where(purchases.c.purchase_id == purchase_id).values(
+        refunded_fen=purchases.c.refunded_fen + req.amount_fen).returning(purchases))).one()
+    uow.publish(PurchaseRefunded(purchase_id=purchase_id, refund_id=req.refund_id, amount_fen=req.amount_fen,
+                                 occurred_at=req.occurred_at, member_id=purchase.member_id),
+                member_id=purchase.member_id, chain_id=chain_id)
+    return True, _refund_accepted(req, updated)
+
+
+def _refund_accepted(req: schemas.RefundRequest, purchase: Any) -> schemas.RefundAccepted:
+    return schemas.RefundAccepted(refund_id=req.refund_id, purchase_id=purchase.purchase_id,
+                                  amount_fen=req.amount_fen, refunded_fen=purchase.refunded_fen,
+                                  remaining_fen=purchase.amount_fen - purchase.refunded_fen)
+
+
+async def complete_due_referrals(uow: UnitOfWork, *, as_of: datetime, limit: int = 500) -> int:
+    """Complete pending referrals whose referee made a purchase of at least the policy's amount
+    that has outlived the return window (pending_days) without being refunded below it.
+
+    Safe on several replicas: pending rows are claimed with SKIP LOCKED and completed in the
+    same transaction; the referrer's count is an atomic increment (the 3rd gets the larger voucher).
+    """
+    chains = (await uow.execute(select(referrals.c.chain_id).where(referrals.c.status == "pending")
+                                .distinct())).scalars().all()
+    completed = 0
+    for chain_id in chains:
+        policy = await policies.current(uow.session, chain_id)
+        window_end = as_of - timedelta(days=policy.pending_days)
+        candidate = (
+            select(purchases.c.purchase_id)
+            .where(purchases.c.member_id == referrals.c.referee_id,
+                   purchases.c.amount_fen - purchases.c.refunded_fen >= policy.referral.min_purchase_fen,
+                   purchases.c.occurred_at <= window_end)
+            .order_by(purchases.c.occurred_at, purchases.c.purchase_id).limit(1)
+            .lateral("candidate")
+        )
+        due = (await uow.execute(
+            select(referrals.c.referee_id, referrals.c.referrer_id, candidate.c.purchase_id)
+            .select_from(referrals.join(candidate, true()))
+            .where(referrals.c.chain_id == chain_id, referrals.c.status == "pending")
+            .order_by(referrals.c.created_at).limit(limit)
+            .with_for_update(of=referrals, skip_locked=True)
+        )).all()
+        for row in due:
+            count = (await uow.execute(update(members).where(members.c.member_id == row.referrer_id).values(
+                referrals_completed=members.c.referrals_completed + 1).returning(members.c.referrals_completed)
+            )).scalar_one()
+            await uow.execute(update(referrals).where(referrals.c.referee_id == row.referee_id).values(
+                status="completed", purchase_id=row.purchase_id, referral_count=count, completed_at=as_of))
+            uow.publish(ReferralCompleted(referrer_id=row.referrer_id, referee_id=row.referee_id,
+                                          purchase_id=row.purchase_id, completed_at=as_of, referral_count=count),
+                        member_id=row.referrer_id, chain_id=chain_id, time=as_of)
+            completed += 1
+    return completed
+
+
 # ---- the member status view ---------------------------------------------------------------------
 
 DEFAULT_TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员", "diamond": "钻石会员"}
@@ -193,7 +294,8 @@ async def _set_status(uow: UnitOfWork, member_id: str, **values: Any) -> None:
 
 async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PointsChanged = event.data  # type: ignore[assignment]
-    doc = {"balance": d.balance, "available": d.available, "pending": d.pending}
+    doc = {"balance": d.balance, "available": d.available, "pending": d.pending,
+           "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None}
     await _set_status(uow, event.subject, points=doc)
 
 
@@ -207,6 +309,10 @@ async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
 async def on_tier_progress(event: CloudEvent, uow: UnitOfWork) -> None:
     d: TierProgressChanged = event.data  # type: ignore[assignment]
     await _set_status(uow, event.subject, progress=d.model_dump(mode="json"))
+
+
+async def on_policy_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    await policies.on_policy_changed(event, uow)
 
 
 def _benefit_doc(d: Any) -> dict[str, Any]:
@@ -235,8 +341,16 @@ async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
     tier = (row.tier if row else None) or {"code": "member", "name": DEFAULT_TIER_NAMES["member"],
                                            "since": member.enrolled_at.isoformat(), "review_at": None}
     progress = (row.progress if row else None) or {}
+    if progress.get("review_at") and progress.get("tier") == tier["code"]:
+        tier = {**tier, "review_at": progress["review_at"]}  # the newest review date tiering announced
     points = (row.points if row else None) or {"balance": 0}
-    benefits = sorted((row.benefits or {}).values(), key=lambda b: (b["code"], b["benefit_id"])) if row else []
+    horizon = (uow.now() + EXPIRING_HORIZON).date()
+    expiring = [e for e in (points.get("expiring") or []) if date.fromisoformat(e["expires_on"]) <= horizon]
+    now = uow.now()
+    benefits = sorted(
+        (b for b in (row.benefits or {}).values()
+         if b["valid_until"] is None or datetime.fromisoformat(b["valid_until"]) > now),  # expired ones drop out
+        key=lambda b: (b["code"], b["benefit_id"])) if row else []
     return schemas.MemberStatus(
         member_id=member_id,
         tier=schemas.TierView(**tier),
@@ -246,7 +360,7 @@ async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
             points_needed=progress.get("points_needed", 0)),
         points=schemas.PointsView(balance=points.get("balance", 0), available=points.get("available"),
                                   pending=points.get("pending"),
-                                  expiring=points.get("expiring", [])),
+                                  expiring=expiring),
         benefits=[schemas.BenefitView(**b) for b in benefits],
         as_of=row.updated_at if row else member.enrolled_at,
     )
@@ -259,4 +373,5 @@ HANDLERS = {
     BenefitGranted: on_benefit_granted,
     BenefitRedeemed: on_benefit_redeemed,
     BenefitRevoked: on_benefit_revoked,
+    PolicyChanged: on_policy_changed,
 }

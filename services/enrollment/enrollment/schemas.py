@@ -70,6 +70,8 @@ class MemberProfile(BaseModel):
     consents: Consents
     email: str | None
     enrolled_at: datetime
+    referrals_completed: int = 0  # as referrer
+    referral_status: Literal["pending", "completed"] | None = None  # as referee
 
 
 class MemberList(BaseModel):
@@ -164,4 +166,29 @@ class MemberStatus(BaseModel):
     progress: ProgressView
     points: PointsView
     benefits: list[BenefitView]
+    as_of: datetime
+
+
+class RefundRequest(Strict):
+    refund_id: str = Id
+    amount_fen: int = Field(gt=0, le=10**12)
+    occurred_at: AwareDatetime
+    member_id: str | None = Field(None, min_length=1, max_length=100)  # optional cross-check
+
+
+class RefundAccepted(BaseModel):
+    refund_id: str
+    purchase_id: str
+    amount_fen: int
+    refunded_fen: int  # all refunds of the purchase so far
+    remaining_fen: int
+    status: Literal["recorded"] = "recorded"
+
+
+class RunRequest(Strict):
+    as_of: AwareDatetime | None = None
+
+
+class ReferralRun(BaseModel):
+    completed: int
     as_of: datetime

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, Date, DateTime, Index, MetaData, Table, Text, UniqueConstraint, func,
+    BigInteger, Column, Date, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import shared_tables
+from shared.policy_store import PolicyStore, policy_table
 
 SCHEMA = "enrollment"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+policies = PolicyStore(policy_table(metadata))
 
 members = Table(
     "members", metadata,
@@ -29,6 +31,8 @@ members = Table(
     Column("email", Text),
     Column("enrolled_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # completed referrals of this member as referrer; incremented atomically (the 3rd is special)
+    Column("referrals_completed", Integer, nullable=False, server_default="0"),
     UniqueConstraint("chain_id", "phone", name="members_chain_phone"),
 )
 
@@ -48,6 +52,33 @@ purchases = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("chain_id", "clinic_id", "pos_txn_id", name="purchases_pos_txn"),
     Index("purchases_member", "member_id", "occurred_at"),
+)
+
+refunds = Table(
+    "refunds", metadata,
+    Column("chain_id", Text, primary_key=True),
+    Column("refund_id", Text, primary_key=True),
+    Column("purchase_id", Text, nullable=False, index=True),
+    Column("member_id", Text, nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# A referee's referral: pending until their first purchase of at least the policy's amount
+# has outlived the return window without being refunded below it; then completed, once.
+referrals = Table(
+    "referrals", metadata,
+    Column("referee_id", Text, primary_key=True),
+    Column("referrer_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("purchase_id", Text),
+    Column("referral_count", Integer),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("referrals_pending", "referee_id", postgresql_where="status = 'pending'"),
 )
 
 activities = Table(

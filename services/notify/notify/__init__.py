@@ -1,1 +1,1 @@
-"""notify service (stub)."""
+"""notify: templates, preferences, notifications and their delivery over webhook, SMS and email."""

@@ -133,3 +133,27 @@ def earliest_delivery(kind: Kind, quiet_hours: QuietHours | None, local_now: dat
         return local_now
     end = local_now.replace(hour=quiet_hours.end.hour, minute=quiet_hours.end.minute, second=0, microsecond=0)
     return end if end > local_now else end + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to one member over one channel, as the channels see it."""
+
+    notification_id: str
+    member_id: str
+    chain_id: str
+    kind: str
+    channel: Channel
+    locale: str
+    title: str
+    body: str
+    data: dict
+    created_at: datetime
+
+    def document(self) -> dict:
+        """The JSON a chain's backend receives (and the sink records)."""
+        return {
+            "notification_id": self.notification_id, "member_id": self.member_id, "kind": self.kind,
+            "channel": self.channel, "locale": self.locale, "title": self.title, "body": self.body,
+            "data": self.data, "created_at": self.created_at.isoformat(),
+        }

@@ -1,7 +1,18 @@
 """The notify service, described once for the shared runner."""
 
-from shared.service import ServiceDefinition
+from shared.service import Schedule, ServiceDefinition
 
+from .api import router
+from .delivery import Deliveries
+from .handlers import HANDLERS
 from .tables import shared
 
-SERVICE = ServiceDefinition(name="notify", tables=shared, routers=[], handlers={})
+SERVICE = ServiceDefinition(
+    name="notify",
+    tables=shared,
+    routers=[router],
+    handlers=HANDLERS,
+    # due notifications are picked up within ~0.2 s; retries wait for their next_attempt_at
+    schedules=[Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2)],
+    description="Templates, preferences, notifications and their delivery over webhook, SMS and email.",
+)

@@ -1,9 +1,60 @@
-"""The notify schema."""
+"""The notify schema: contacts (a projection of enrollment's events), preferences, notifications."""
 
-from sqlalchemy import MetaData
+from __future__ import annotations
+
+from sqlalchemy import ARRAY, Column, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import shared_tables
 
 SCHEMA = "notify"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+
+# What notify knows of a member, from MemberEnrolled/MemberUpdated. The phone and email are
+# only ever written to a channel, never to a log.
+contacts = Table(
+    "contacts", metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("chain_id", Text, nullable=False),
+    Column("name", Text),
+    Column("phone", Text),
+    Column("email", Text),
+    Column("consents", JSONB, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+preferences = Table(
+    "preferences", metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("chain_id", Text, nullable=False),
+    Column("locale", Text, nullable=False, server_default="zh-CN"),
+    Column("channels", ARRAY(Text), nullable=False),
+    Column("quiet_start", Text),  # "HH:MM" in the chain's time zone; both NULL: no quiet hours
+    Column("quiet_end", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+notifications = Table(
+    "notifications", metadata,
+    Column("notification_id", Text, primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("locale", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", JSONB, nullable=False, server_default="{}"),
+    Column("status", Text, nullable=False, server_default="pending"),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("source_event_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    # one notification per event, kind and channel: a redelivered or re-published event queues nothing new
+    UniqueConstraint("source_event_id", "kind", "channel", name="notifications_once_per_event"),
+    Index("notifications_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    Index("notifications_member", "member_id", "created_at"),
+)

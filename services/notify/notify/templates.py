@@ -86,7 +86,7 @@ BENEFIT_NAMES: dict[str, dict[str, str]] = {
     },
 }
 
-DEFAULT_NAME = {"zh-CN": "尊敬的会员", "en": "Dear member"}
+DEFAULT_NAME = {"zh-CN": "尊敬的会员", "en": "Member"}
 
 
 def tier_name(code: str, locale: str, fallback: str | None = None) -> str:

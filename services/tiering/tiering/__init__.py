@@ -1,1 +1,1 @@
-"""tiering service (stub)."""
+"""tiering service: tier policy, qualification, upgrades, tier history."""

@@ -32,6 +32,7 @@ members = Table(
     Column("enrolled_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("members_review_due", "review_at"),
+    Index("members_chain_tier", "chain_id", "tier"),
 )
 
 # What counts towards qualification, one row per consumed event, at the time it happened:

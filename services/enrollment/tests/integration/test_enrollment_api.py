@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -79,3 +80,76 @@ def test_auth_needs_a_known_key_of_the_right_scope(api: Api) -> None:
     # pos may not enrol; app may not post purchases
     is_problem(api.post("enrollment", "/v1/members", {}, key=POS), 403)
     is_problem(api.post("enrollment", "/v1/purchases", purchase_body(member["member_id"], 100), key=APP), 403)
+
+
+def _later(days: int) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+def _refund(api: Api, purchase_id: str, amount: int, refund_id: str | None = None, at: str | None = None,
+            **extra: object):  # noqa: ANN202
+    body = {"refund_id": refund_id or f"r-{uuid.uuid4()}", "amount_fen": amount,
+            "occurred_at": at or datetime.now(UTC).isoformat(), **extra}
+    return api.post("enrollment", f"/v1/purchases/{purchase_id}/refunds", body, key=POS)
+
+
+def test_partial_refunds_are_idempotent_and_never_exceed_the_purchase(api: Api) -> None:
+    member = api.enrol()
+    pid = api.purchase(member["member_id"], 100_000)["purchase_id"]
+    at = datetime.now(UTC).isoformat()
+    first = _refund(api, pid, 30_000, refund_id="refund-a", at=at)
+    assert first.status_code == 202 and first.json()["remaining_fen"] == 70_000
+    again = _refund(api, pid, 30_000, refund_id="refund-a", at=at)
+    assert again.status_code == 200 and again.json()["refund_id"] == "refund-a"
+    assert again.json()["remaining_fen"] == 70_000  # not refunded twice
+    is_problem(_refund(api, pid, 30_001, refund_id="refund-a", at=at), 409)  # same id, other body
+    assert is_problem(_refund(api, pid, 70_001), 409)["remaining_fen"] == 70_000
+    assert _refund(api, pid, 70_000).json()["remaining_fen"] == 0
+
+
+def test_refunds_of_unknown_or_another_members_purchases_are_rejected(api: Api, other_chain_key: str) -> None:
+    a, b = api.enrol(), api.enrol()
+    pid = api.purchase(a["member_id"], 50_000)["purchase_id"]
+    is_problem(_refund(api, str(uuid.uuid4()), 100), 404)
+    is_problem(_refund(api, pid, 100, member_id=b["member_id"]), 422)
+    r = api.post("enrollment", f"/v1/purchases/{pid}/refunds", {
+        "refund_id": "x", "amount_fen": 100, "occurred_at": datetime.now(UTC).isoformat()}, key=other_chain_key)
+    is_problem(r, 404)
+
+
+def test_referral_codes_link_referee_to_referrer_and_bad_codes_are_rejected(api: Api, other_chain_key: str
+                                                                          ) -> None:
+    referrer = api.enrol(phone="13511112222")
+    referee = api.enrol(referral_code=referrer["referral_code"], source="referral")
+    got = api.get("enrollment", f"/v1/members/{referee['member_id']}", key=POS).json()
+    assert got["referred_by"] == referrer["member_id"] and got["referral_status"] == "pending"
+    base = {"name": "x", "birthday": "1990-01-01", "home_clinic_id": "c", "source": "referral"}
+    is_problem(api.post("enrollment", "/v1/members", {**base, "phone": "13511113333", "referral_code": "NOPE2345"},
+                        key=APP), 422)
+    self_ref = api.post("enrollment", "/v1/members", {**base, "phone": "13511112222",
+                                                      "referral_code": referrer["referral_code"]}, key=APP)
+    assert "themselves" in is_problem(self_ref, 422)["detail"]
+    foreign = api.post("enrollment", "/v1/members", {**base, "phone": "13511114444",
+                                                     "referral_code": referrer["referral_code"]},
+                       key=other_chain_key)
+    is_problem(foreign, 422)
+
+
+def test_a_referral_completes_once_after_the_return_window_unless_refunded_below_the_threshold(api: Api) -> None:
+    referrer = api.enrol()
+    kept, refunded = (api.enrol(referral_code=referrer["referral_code"]) for _ in range(2))
+    api.purchase(kept["member_id"], 120_000)
+    small = api.purchase(refunded["member_id"], 120_000)["purchase_id"]
+    assert _refund(api, small, 30_000).status_code == 202  # 900 yuan left: below 1,000
+    inside_window = api.post("enrollment", "/v1/referrals/run", {"as_of": _later(1)}, key=OPS)
+    assert inside_window.status_code == 200
+
+    def status(m: dict) -> str | None:
+        return api.get("enrollment", f"/v1/members/{m['member_id']}", key=POS).json()["referral_status"]
+
+    assert (status(kept), status(refunded)) == ("pending", "pending")
+    api.post("enrollment", "/v1/referrals/run", {"as_of": _later(8)}, key=OPS)
+    api.post("enrollment", "/v1/referrals/run", {"as_of": _later(9)}, key=OPS)
+    assert (status(kept), status(refunded)) == ("completed", "pending")
+    assert api.get("enrollment", f"/v1/members/{referrer['member_id']}", key=POS).json()["referrals_completed"] == 1
+    is_problem(api.post("enrollment", "/v1/referrals/run", {}, key=POS), 403)

@@ -39,6 +39,7 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index("members_review_due", "members", ["review_at"], schema=S)
+    op.create_index("members_chain_tier", "members", ["chain_id", "tier"], schema=S)
     op.create_table(
         "qualifying_facts",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),

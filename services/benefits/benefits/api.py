@@ -1,0 +1,51 @@
+"""Benefits' HTTP API: thin routes over ``handlers``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+
+from shared.api import CtxDep, IdempotencyKey, current_correlation_id, idempotent, require
+from shared.platform import Principal
+
+from . import handlers, schemas
+from .domain import Status
+
+router = APIRouter(prefix="/v1", tags=["benefits"])
+
+PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
+
+
+@router.get("/members/{member_id}/benefits", response_model=schemas.BenefitList)
+async def list_benefits(member_id: str, ctx: CtxDep, principal: PosOrApp,
+                        status: Annotated[Status | None, Query()] = None) -> schemas.BenefitList:
+    """A member's entitlements, optionally only those of one status (e.g. ?status=active)."""
+    async with ctx.db.unit_of_work() as uow:
+        return await handlers.benefits_of(uow, chain_id=principal.chain_id, member_id=member_id, status=status)
+
+
+@router.get("/members/{member_id}/discount", response_model=schemas.Discount)
+async def member_discount(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.Discount:
+    """The percent of the price the member pays at their current tier."""
+    async with ctx.db.unit_of_work() as uow:
+        return await handlers.discount_of(uow, chain_id=principal.chain_id, member_id=member_id)
+
+
+@router.post("/members/{member_id}/benefits/{benefit_id}/redemptions", status_code=201,
+             response_model=schemas.Redemption)
+async def redeem_benefit(member_id: str, benefit_id: str, body: schemas.RedemptionRequest, ctx: CtxDep,
+                         principal: PosOrApp, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Use a benefit once at a clinic; 409 when it is used up, expired or revoked."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        async def action() -> tuple[int, dict]:
+            done = await handlers.redeem(uow, chain_id=principal.chain_id, member_id=member_id,
+                                         benefit_id=benefit_id, clinic_id=body.clinic_id)
+            return 201, done.model_dump(mode="json")
+
+        # the path is part of the request: the same key for another benefit is a different body (409)
+        return await idempotent(uow, principal, scope="POST /v1/members/{member_id}/benefits/{benefit_id}/redemptions",
+                                key=idempotency_key,
+                                body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
+                                action=action)

@@ -1,0 +1,244 @@
+"""Benefits' event handlers (grants and revocations) and commands (reads and redemptions from the API).
+
+Every function takes the unit of work first and keyword-only data; it raises
+``shared.problems`` errors, never HTTP ones. Handlers run inside the consumer's batch
+transaction: they never commit and publish only through ``uow.publish``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from shared.api import ServiceContext
+from shared.db import UnitOfWork
+from shared.events import (
+    BenefitGranted, BenefitRedeemed, BenefitRevoked, CloudEvent, MemberEnrolled, ReferralCompleted, TierChanged,
+)
+from shared.policy import DEFAULT_POLICY, Policy
+from shared.problems import Conflict, NotFound
+
+from . import domain, schemas
+from .tables import entitlements, members, redemptions
+
+log = logging.getLogger(__name__)
+EXPIRY_SWEEP_BATCH = 5000
+
+
+def policy_for(chain_id: str) -> Policy:
+    """The chain's programme. Every chain runs the default policy until per-chain policies reach this service."""
+    return DEFAULT_POLICY
+
+
+# ---- rows <-> domain ----------------------------------------------------------------------------
+
+
+def _entitlement(row: Any) -> domain.Entitlement:
+    return domain.Entitlement(
+        benefit_id=row.benefit_id, code=row.code, kind=row.kind, tier=row.tier, status=row.status,
+        valid_from=row.valid_from, valid_until=row.valid_until, remaining_uses=row.remaining_uses,
+        value_fen=row.value_fen, percent=row.percent,
+    )
+
+
+def _view(e: domain.Entitlement, now: datetime) -> schemas.BenefitView:
+    return schemas.BenefitView(
+        benefit_id=e.benefit_id, code=e.code, valid_from=e.valid_from, valid_until=e.valid_until,
+        remaining_uses=e.remaining_uses, status=domain.effective_status(e, now), kind=e.kind, tier=e.tier,
+        value_fen=e.value_fen, percent=e.percent,
+    )
+
+
+def _benefit_event(cls: type, row: Any, **extra: Any) -> Any:
+    return cls(benefit_id=row.benefit_id, code=row.code, valid_from=row.valid_from, valid_until=row.valid_until,
+               remaining_uses=row.remaining_uses, value_fen=row.value_fen, **extra)
+
+
+# ---- queries ------------------------------------------------------------------------------------
+
+
+async def _entitlements_of(uow: UnitOfWork, *, member_id: str) -> list[domain.Entitlement]:
+    rows = (await uow.execute(select(entitlements).where(entitlements.c.member_id == member_id)
+                              .order_by(entitlements.c.created_at, entitlements.c.code))).all()
+    return [_entitlement(r) for r in rows]
+
+
+async def _member(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Any:
+    row = (await uow.execute(select(members).where(
+        members.c.member_id == member_id, members.c.chain_id == chain_id))).first()
+    if row is None:
+        # another chain's member does not exist for this key
+        raise NotFound("No such member.")
+    return row
+
+
+async def _set_status(uow: UnitOfWork, targets: Sequence[domain.Entitlement], status: domain.Status) -> list[Any]:
+    """Move active entitlements to ``status``; returns the rows that were still active."""
+    if not targets:
+        return []
+    return list((await uow.execute(
+        update(entitlements)
+        .where(entitlements.c.benefit_id.in_([e.benefit_id for e in targets]), entitlements.c.status == "active")
+        .values(status=status, updated_at=uow.now())
+        .returning(*entitlements.c)
+    )).all())
+
+
+async def _grant(uow: UnitOfWork, event: CloudEvent, grants: Sequence[tuple[str, domain.Grant]]) -> None:
+    """Insert the grants in one statement and announce the ones inserted.
+
+    ON CONFLICT DO NOTHING makes a duplicate impossible, not an error: (member, code, event) is
+    unique, and so is an active tier-bound code per member (a partial unique index).
+    """
+    if not grants:
+        return
+    rows = [dict(benefit_id=str(uuid.uuid4()), member_id=member_id, chain_id=event.chainid, code=g.code,
+                 kind=g.kind, tier=g.tier, value_fen=g.value_fen, percent=g.percent, valid_from=g.valid_from,
+                 valid_until=g.valid_until, remaining_uses=g.remaining_uses, status="active",
+                 source_event_id=event.id)
+            for member_id, g in grants]
+    inserted = (await uow.execute(
+        pg_insert(entitlements).values(rows).on_conflict_do_nothing().returning(*entitlements.c))).all()
+    for row in inserted:
+        uow.publish(_benefit_event(BenefitGranted, row), member_id=row.member_id, chain_id=row.chain_id)
+
+
+async def _sync_tier_benefits(uow: UnitOfWork, event: CloudEvent, *, member_id: str, tier: str,
+                              as_of: datetime) -> None:
+    """Make the member's tier-bound benefits those of ``tier``: expire, revoke, then grant.
+
+    The order matters: an expired or revoked row must stop being 'active' before a new row of
+    the same code is inserted (one active tier-bound row per code).
+    """
+    policy = policy_for(event.chainid)
+    if tier not in {t.code for t in policy.tiers}:
+        log.warning("tier unknown to the policy; benefits left as they are",
+                    extra={"tier": tier, "event_id": event.id})
+        return
+    changes = domain.tier_benefit_changes(policy, tier, await _entitlements_of(uow, member_id=member_id), as_of)
+    await _set_status(uow, changes.expire, "expired")
+    for row in await _set_status(uow, changes.revoke, "revoked"):
+        uow.publish(_benefit_event(BenefitRevoked, row), member_id=member_id, chain_id=row.chain_id)
+    await _grant(uow, event, [(member_id, g) for g in changes.grant])
+
+
+# ---- event handlers -----------------------------------------------------------------------------
+
+
+async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
+    """A new member holds the lowest tier, unless a TierChanged got here first (other topic, no order)."""
+    d: MemberEnrolled = event.data  # type: ignore[assignment]
+    lowest = policy_for(event.chainid).tiers[0].code
+    tier = await uow.session.scalar(pg_insert(members).values(
+        member_id=d.member_id, chain_id=event.chainid, tier=lowest, tier_since=d.enrolled_at, updated_at=uow.now(),
+    ).on_conflict_do_nothing().returning(members.c.tier))
+    if tier is None:
+        tier = await uow.session.scalar(select(members.c.tier).where(members.c.member_id == d.member_id))
+    await _sync_tier_benefits(uow, event, member_id=d.member_id, tier=tier, as_of=d.enrolled_at)
+
+
+async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    """Grant the new tier's benefits the member lacks; revoke tier-bound ones it does not have."""
+    d: TierChanged = event.data  # type: ignore[assignment]
+    stmt = pg_insert(members).values(member_id=event.subject, chain_id=event.chainid, tier=d.to_tier,
+                                     tier_since=d.effective_at, updated_at=uow.now())
+    # tiering's events of one member arrive in order; an older effective time is a replay and changes nothing
+    applied = await uow.session.scalar(stmt.on_conflict_do_update(
+        index_elements=[members.c.member_id],
+        set_={"tier": stmt.excluded.tier, "tier_since": stmt.excluded.tier_since,
+              "updated_at": stmt.excluded.updated_at},
+        where=members.c.tier_since <= stmt.excluded.tier_since,
+    ).returning(members.c.tier))
+    if applied is None:
+        log.info("stale TierChanged ignored", extra={"event_id": event.id})
+        return
+    await _sync_tier_benefits(uow, event, member_id=event.subject, tier=d.to_tier, as_of=d.effective_at)
+
+
+async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
+    """The referrer gets a voucher (the milestone one on the 3rd referral); the referee a welcome skin check."""
+    d: ReferralCompleted = event.data  # type: ignore[assignment]
+    policy = policy_for(event.chainid)
+    await _grant(uow, event, [
+        (d.referrer_id, domain.referrer_reward(policy, d.referral_count, d.completed_at)),
+        (d.referee_id, domain.referee_reward(policy, d.completed_at)),
+    ])
+
+
+HANDLERS = {
+    MemberEnrolled: on_member_enrolled,
+    TierChanged: on_tier_changed,
+    ReferralCompleted: on_referral_completed,
+}
+
+
+# ---- commands (API) -----------------------------------------------------------------------------
+
+
+async def benefits_of(uow: UnitOfWork, *, chain_id: str, member_id: str,
+                      status: domain.Status | None = None) -> schemas.BenefitList:
+    await _member(uow, chain_id=chain_id, member_id=member_id)
+    now = uow.now()
+    held = domain.by_status(await _entitlements_of(uow, member_id=member_id), status, now)
+    return schemas.BenefitList(items=[_view(e, now) for e in held])
+
+
+async def discount_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.Discount:
+    member = await _member(uow, chain_id=chain_id, member_id=member_id)
+    return schemas.Discount(discount_percent=policy_for(chain_id).discount_percent(member.tier), tier=member.tier)
+
+
+async def redeem(uow: UnitOfWork, *, chain_id: str, member_id: str, benefit_id: str,
+                 clinic_id: str) -> schemas.Redemption:
+    """Use a benefit once at a clinic."""
+    # FOR UPDATE: concurrent redemptions of one benefit queue here, and each sees the uses the
+    # previous one left, so a 1-use benefit is redeemed once; a revocation waits for us too.
+    row = (await uow.execute(select(entitlements).where(
+        entitlements.c.benefit_id == benefit_id, entitlements.c.member_id == member_id,
+        entitlements.c.chain_id == chain_id,
+    ).with_for_update())).first()
+    if row is None:
+        raise NotFound("No such benefit for this member.")
+    e = _entitlement(row)
+    now = uow.now()
+    refusal = domain.redemption_refusal(e, now)
+    if refusal is not None:
+        raise Conflict(refusal, benefit_id=benefit_id, benefit_status=domain.effective_status(e, now),
+                       remaining_uses=e.remaining_uses)
+    remaining, status = domain.after_redemption(e)
+    updated = (await uow.execute(update(entitlements).where(entitlements.c.benefit_id == benefit_id)
+                                 .values(remaining_uses=remaining, status=status, updated_at=now)
+                                 .returning(*entitlements.c))).one()
+    redemption_id = str(uuid.uuid4())
+    await uow.execute(redemptions.insert().values(
+        redemption_id=redemption_id, benefit_id=benefit_id, member_id=member_id, chain_id=chain_id,
+        clinic_id=clinic_id, remaining_uses=remaining, redeemed_at=now))
+    uow.publish(_benefit_event(BenefitRedeemed, updated, clinic_id=clinic_id), member_id=member_id,
+                chain_id=chain_id, time=now)
+    return schemas.Redemption(redemption_id=redemption_id, benefit_id=benefit_id, code=e.code,
+                              remaining_uses=remaining, member_id=member_id, clinic_id=clinic_id, redeemed_at=now)
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+
+
+async def expire_due_benefits(ctx: ServiceContext) -> int:
+    """Mark active entitlements past valid_until as expired, a batch at a time.
+
+    SKIP LOCKED lets replicas sweep side by side and never waits for a redemption in flight
+    (which re-checks validity under its own lock anyway). Reads already report such rows as
+    expired; the sweep keeps the stored status honest for the partial unique index and for reports.
+    """
+    async with ctx.db.unit_of_work() as uow:
+        due = (select(entitlements.c.benefit_id)
+               .where(entitlements.c.status == "active", entitlements.c.valid_until <= uow.now())
+               .limit(EXPIRY_SWEEP_BATCH).with_for_update(skip_locked=True))
+        result = await uow.execute(update(entitlements).where(entitlements.c.benefit_id.in_(due.scalar_subquery()))
+                                   .values(status="expired", updated_at=uow.now()))
+        return int(result.rowcount or 0)

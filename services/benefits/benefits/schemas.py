@@ -1,0 +1,51 @@
+"""Request and response bodies of the benefits API (not tables, not domain objects)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .domain import Status
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class BenefitView(BaseModel):
+    benefit_id: str
+    code: str
+    valid_from: datetime
+    valid_until: datetime | None
+    remaining_uses: int | None
+    status: Status
+    # added: what kind of benefit it is and what it is worth
+    kind: str
+    tier: str | None
+    value_fen: int | None
+    percent: int | None
+
+
+class BenefitList(BaseModel):
+    items: list[BenefitView]
+
+
+class Discount(BaseModel):
+    discount_percent: int
+    tier: str
+
+
+class RedemptionRequest(Strict):
+    clinic_id: str = Field(min_length=1, max_length=100)
+
+
+class Redemption(BaseModel):
+    redemption_id: str
+    benefit_id: str
+    code: str
+    remaining_uses: int | None
+    # added
+    member_id: str
+    clinic_id: str
+    redeemed_at: datetime

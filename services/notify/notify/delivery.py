@@ -1,0 +1,144 @@
+"""Delivering due notifications: the worker's schedule.
+
+Each run claims a batch of due pending rows with ``FOR UPDATE SKIP LOCKED`` (so replicas split
+the work and never send one row twice at the same time), sends them, and records each outcome
+(sent, retry later, failed) with its NotificationSent/NotificationFailed event in the SAME
+transaction. The row locks are held while sending, hence the short per-attempt timeout.
+
+A send that succeeded but whose commit is lost (the process dies in between) is sent again
+on the next claim: delivery is at-least-once, and receivers deduplicate on the notification id
+(the webhook's ``Idempotency-Key``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+
+from shared.api import ServiceContext
+from shared.db import UnitOfWork
+from shared.events import NotificationFailed, NotificationSent
+from shared.platform import Chain
+
+from . import domain
+from .channels import ATTEMPT_TIMEOUT_SECONDS, DeliveryChannel, Undeliverable, default_channels
+from .tables import contacts, notifications
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 100
+PARALLEL_SENDS = 20
+MAX_ROUNDS_PER_RUN = 10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    error: str | None = None
+    permanent: bool = False
+
+
+def _claim_due(now: Any) -> Any:
+    n = notifications
+    return (
+        select(n, contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents)
+        .select_from(n.outerjoin(contacts, contacts.c.member_id == n.c.member_id))
+        .where(n.c.status == "pending", n.c.next_attempt_at <= now)
+        .order_by(n.c.next_attempt_at)
+        .limit(CLAIM_BATCH)
+        .with_for_update(of=n, skip_locked=True)
+    )
+
+
+def _notification(row: Any) -> domain.Notification:
+    return domain.Notification(
+        notification_id=row.notification_id, member_id=row.member_id, chain_id=row.chain_id, kind=row.kind,
+        channel=row.channel, locale=row.locale, title=row.title, body=row.body, data=row.data,
+        created_at=row.created_at)
+
+
+def _contact(row: Any) -> domain.Contact | None:
+    if row.consents is None:
+        return None  # the member's MemberEnrolled has not arrived
+    return domain.Contact(name=row.name, phone=row.phone, email=row.email,
+                          consents=domain.Consents(**row.consents))
+
+
+async def _attempt(channel: DeliveryChannel, row: Any, chain: Chain | None, slots: asyncio.Semaphore) -> Outcome:
+    contact = _contact(row)
+    # consent is checked again at delivery: a member may have withdrawn it since the row was queued
+    if row.channel != "webhook" and (contact is None or not domain.channel_allowed(row.channel, contact)):
+        return Outcome("no consent or no address for this channel", permanent=True)
+    async with slots:
+        try:
+            await asyncio.wait_for(channel.send(_notification(row), contact, chain), ATTEMPT_TIMEOUT_SECONDS)
+            return Outcome()
+        except Undeliverable as exc:
+            return Outcome(str(exc), permanent=True)
+        except TimeoutError:
+            return Outcome(f"timed out after {ATTEMPT_TIMEOUT_SECONDS:g}s")
+        except Exception as exc:
+            return Outcome(str(exc) or type(exc).__name__)
+
+
+def _event(cls: type, row: Any, attempts: int, error: str | None = None) -> Any:
+    return cls(notification_id=row.notification_id, kind=row.kind, channel=row.channel, attempts=attempts,
+               error=error)
+
+
+async def _record(uow: UnitOfWork, ctx: ServiceContext, rows: list[Any], outcomes: list[Outcome]) -> None:
+    now = uow.now()
+    n = notifications
+    sent = [r for r, o in zip(rows, outcomes) if o.error is None]
+    if sent:
+        await uow.execute(update(n).where(n.c.notification_id.in_([r.notification_id for r in sent]))
+                          .values(status="sent", attempts=n.c.attempts + 1, sent_at=now, last_error=None))
+        for r in sent:
+            uow.publish(_event(NotificationSent, r, r.attempts + 1), member_id=r.member_id, chain_id=r.chain_id)
+    for r, o in zip(rows, outcomes):
+        if o.error is None:
+            continue
+        attempts = r.attempts + 1
+        step = domain.GiveUp() if o.permanent else domain.after_failure(
+            attempts=attempts, max_attempts=ctx.settings.notify_max_attempts,
+            base_seconds=ctx.settings.notify_retry_base_seconds, now=now)
+        if isinstance(step, domain.Retry):
+            await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
+                              .values(attempts=attempts, next_attempt_at=step.at, last_error=o.error))
+            continue
+        await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
+                          .values(status="failed", attempts=attempts, last_error=o.error))
+        uow.publish(_event(NotificationFailed, r, attempts, o.error), member_id=r.member_id, chain_id=r.chain_id)
+        log.warning("notification failed", extra={"notification_id": r.notification_id, "channel": r.channel,
+                                                  "attempts": attempts, "error": o.error})
+
+
+async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel]) -> int:
+    """Claim, send and record one batch; returns how many rows it handled."""
+    async with ctx.db.unit_of_work() as uow:
+        rows = (await uow.execute(_claim_due(uow.now()))).all()
+        if not rows:
+            return 0
+        chains = {cid: await ctx.platform.chain(cid) for cid in {r.chain_id for r in rows}}
+        slots = asyncio.Semaphore(PARALLEL_SENDS)
+        outcomes = await asyncio.gather(*(_attempt(channels[r.channel], r, chains[r.chain_id], slots)
+                                          for r in rows))
+        await _record(uow, ctx, rows, list(outcomes))
+    return len(rows)
+
+
+class Deliveries:
+    """The delivery schedule; keeps its channels (and their HTTP connection pool) between runs."""
+
+    def __init__(self, channels: dict[str, DeliveryChannel] | None = None) -> None:
+        self.channels = channels
+
+    async def __call__(self, ctx: ServiceContext) -> None:
+        if self.channels is None:
+            self.channels = dict(default_channels(ctx.settings))
+        for _ in range(MAX_ROUNDS_PER_RUN):  # drain a backlog, but yield to the scheduler now and then
+            if await deliver_due(ctx, self.channels) < CLAIM_BATCH:
+                return

@@ -1,0 +1,238 @@
+"""Notify's event handlers (queue notifications, keep the contact projection) and the
+commands the API calls. Delivery is in :mod:`notify.delivery`.
+
+Every handler is idempotent by construction: the contact rows are upserts, and notifications
+are inserted ``ON CONFLICT (source_event_id, kind, channel) DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from shared.db import UnitOfWork
+from shared.events import (
+    BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
+)
+from shared.problems import NotFound
+
+from . import domain, schemas, templates
+from .tables import contacts, notifications, preferences
+
+# handlers have no chain context; days and quiet hours default to the chain's default zone
+DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
+LIST_LIMIT = 200
+
+Values = Callable[[str], dict[str, Any]]  # locale -> template values
+
+
+@dataclass(frozen=True)
+class Recipient:
+    contact: domain.Contact | None
+    preferences: domain.Preferences
+
+
+# ---- rows <-> domain --------------------------------------------------------------------------
+
+
+def _hhmm(t: time) -> str:
+    return t.strftime("%H:%M")
+
+
+def _time(s: str) -> time:
+    return time.fromisoformat(s)
+
+
+def _contact(row: Any) -> domain.Contact:
+    return domain.Contact(name=row.name, phone=row.phone, email=row.email,
+                          consents=domain.Consents(**(row.consents or {})))
+
+
+def _preferences(row: Any) -> domain.Preferences:
+    if row is None or row.locale is None:
+        return domain.Preferences()
+    quiet = domain.QuietHours(_time(row.quiet_start), _time(row.quiet_end)) if row.quiet_start else None
+    return domain.Preferences(channels=domain.canonical_channels(row.channels), locale=row.locale,
+                              quiet_hours=quiet)
+
+
+def _preference_values(p: domain.Preferences) -> dict[str, Any]:
+    return {"locale": p.locale, "channels": list(p.channels),
+            "quiet_start": _hhmm(p.quiet_hours.start) if p.quiet_hours else None,
+            "quiet_end": _hhmm(p.quiet_hours.end) if p.quiet_hours else None}
+
+
+async def recipient_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Recipient:
+    """The member's contact and preferences in one query (defaults when not known yet)."""
+    row = (await uow.execute(
+        select(contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents,
+               preferences.c.locale, preferences.c.channels, preferences.c.quiet_start, preferences.c.quiet_end)
+        .select_from(contacts.outerjoin(preferences, preferences.c.member_id == contacts.c.member_id))
+        .where(contacts.c.member_id == member_id, contacts.c.chain_id == chain_id)
+    )).first()
+    if row is None:
+        return Recipient(None, domain.Preferences())
+    return Recipient(_contact(row), _preferences(row))
+
+
+# ---- queueing ---------------------------------------------------------------------------------
+
+
+async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str, values: Values,
+                data: dict[str, Any], recipient: Recipient | None = None) -> int:
+    """Queue one notification of ``kind`` per channel the member wants and allows; returns how many.
+
+    The unique (source_event_id, kind, channel) makes this safe to repeat for the same event.
+    """
+    chain_id = event.chainid
+    who = recipient or await recipient_of(uow, chain_id=chain_id, member_id=member_id)
+    spec = domain.KINDS[kind]
+    channels = domain.select_channels(spec, who.preferences, who.contact)
+    if not channels:
+        return 0
+    locale = who.preferences.locale
+    name = templates.member_name(who.contact.name if who.contact else None, locale)
+    title, body = templates.render(kind, locale, {"name": name, **values(locale)})
+    now = uow.now()
+    not_before = domain.earliest_delivery(spec, who.preferences.quiet_hours, now.astimezone(DEFAULT_TZ))
+    await uow.execute(pg_insert(notifications).values([
+        {"notification_id": str(uuid.uuid4()), "member_id": member_id, "chain_id": chain_id, "kind": kind,
+         "channel": channel, "locale": locale, "title": title, "body": body,
+         "data": {**data, "marketing": spec.marketing}, "status": "pending", "attempts": 0,
+         "next_attempt_at": not_before, "source_event_id": event.id, "created_at": now}
+        for channel in channels
+    ]).on_conflict_do_nothing(constraint="notifications_once_per_event"))
+    return len(channels)
+
+
+# ---- event handlers ---------------------------------------------------------------------------
+
+
+async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: MemberEnrolled = event.data  # type: ignore[assignment]
+    consents = d.consents.model_dump()
+    await uow.execute(pg_insert(contacts).values(
+        member_id=d.member_id, chain_id=event.chainid, name=d.name, phone=d.phone, email=d.email,
+        consents=consents, updated_at=uow.now(),
+    ).on_conflict_do_nothing())
+    defaults = domain.Preferences()
+    await uow.execute(pg_insert(preferences).values(
+        member_id=d.member_id, chain_id=event.chainid, **_preference_values(defaults), updated_at=uow.now(),
+    ).on_conflict_do_nothing())
+    contact = domain.Contact(name=d.name, phone=d.phone, email=d.email, consents=domain.Consents(**consents))
+    await queue(uow, event, member_id=d.member_id, kind="welcome", values=lambda _: {"member_no": d.member_no},
+                data={"member_no": d.member_no}, recipient=Recipient(contact, defaults))
+
+
+async def on_member_updated(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: MemberUpdated = event.data  # type: ignore[assignment]
+    changes: dict[str, Any] = {}
+    if d.name is not None:
+        changes["name"] = d.name
+    if d.email is not None:
+        changes["email"] = d.email
+    if d.consents is not None:
+        changes["consents"] = d.consents.model_dump()
+    if changes:
+        await uow.execute(update(contacts).where(contacts.c.member_id == d.member_id,
+                                                 contacts.c.chain_id == event.chainid)
+                          .values(**changes, updated_at=uow.now()))
+
+
+async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: TierChanged = event.data  # type: ignore[assignment]
+    kind = domain.tier_change_kind(d.direction)
+    if kind is None:
+        return
+    await queue(uow, event, member_id=event.subject, kind=kind,
+                values=lambda locale: {"tier_name": templates.tier_name(d.to_tier, locale, d.to_tier_name)},
+                data={"from_tier": d.from_tier, "to_tier": d.to_tier, "reason": d.reason,
+                      "effective_at": d.effective_at.isoformat()})
+
+
+async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: BenefitGranted = event.data  # type: ignore[assignment]
+    await queue(uow, event, member_id=event.subject, kind="benefit_granted",
+                values=lambda locale: {"code": d.code, "benefit_name": templates.benefit_name(d.code, locale)},
+                data={"benefit_id": d.benefit_id, "code": d.code,
+                      "valid_until": d.valid_until.isoformat() if d.valid_until else None})
+
+
+async def on_points_expiring(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: PointsExpiringSoon = event.data  # type: ignore[assignment]
+    await queue(uow, event, member_id=event.subject, kind="points_expiring",
+                values=lambda _: {"points": d.points, "expires_on": d.expires_on.isoformat()},
+                data={"points": d.points, "expires_on": d.expires_on.isoformat()})
+
+
+async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
+    # the event's subject may be either side; the message is for the referrer
+    d: ReferralCompleted = event.data  # type: ignore[assignment]
+    await queue(uow, event, member_id=d.referrer_id, kind="referral_completed",
+                values=lambda _: {"referral_count": d.referral_count},
+                data={"referee_id": d.referee_id, "purchase_id": d.purchase_id, "referral_count": d.referral_count})
+
+
+HANDLERS = {
+    MemberEnrolled: on_member_enrolled,
+    MemberUpdated: on_member_updated,
+    TierChanged: on_tier_changed,
+    BenefitGranted: on_benefit_granted,
+    PointsExpiringSoon: on_points_expiring,
+    ReferralCompleted: on_referral_completed,
+}
+
+
+# ---- commands (API) ---------------------------------------------------------------------------
+
+
+async def _known_member(uow: UnitOfWork, *, chain_id: str, member_id: str) -> None:
+    """Another chain's member does not exist for this key."""
+    found = await uow.session.scalar(select(contacts.c.member_id).where(
+        contacts.c.member_id == member_id, contacts.c.chain_id == chain_id))
+    if found is None:
+        raise NotFound("No such member.")
+
+
+async def notifications_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.NotificationList:
+    rows = (await uow.execute(
+        select(notifications).where(notifications.c.member_id == member_id, notifications.c.chain_id == chain_id)
+        .order_by(notifications.c.created_at.desc(), notifications.c.notification_id).limit(LIST_LIMIT)
+    )).all()
+    if not rows:
+        await _known_member(uow, chain_id=chain_id, member_id=member_id)
+    return schemas.NotificationList(items=[schemas.NotificationView.model_validate(r, from_attributes=True)
+                                           for r in rows])
+
+
+def _preferences_view(member_id: str, p: domain.Preferences) -> schemas.PreferencesView:
+    quiet = schemas.QuietHoursIn(start=_hhmm(p.quiet_hours.start), end=_hhmm(p.quiet_hours.end)) \
+        if p.quiet_hours else None
+    return schemas.PreferencesView(member_id=member_id, channels=list(p.channels), quiet_hours=quiet,
+                                   locale=p.locale)
+
+
+async def preferences_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.PreferencesView:
+    await _known_member(uow, chain_id=chain_id, member_id=member_id)
+    row = (await uow.execute(select(preferences).where(preferences.c.member_id == member_id))).first()
+    return _preferences_view(member_id, _preferences(row))
+
+
+async def set_preferences(uow: UnitOfWork, *, chain_id: str, member_id: str,
+                          req: schemas.PreferencesRequest) -> schemas.PreferencesView:
+    """Replace the member's preferences; they apply to notifications queued from now on."""
+    await _known_member(uow, chain_id=chain_id, member_id=member_id)
+    quiet = domain.QuietHours(_time(req.quiet_hours.start), _time(req.quiet_hours.end)) if req.quiet_hours else None
+    prefs = domain.Preferences(channels=domain.canonical_channels(req.channels), locale=req.locale,
+                               quiet_hours=quiet)
+    values = {**_preference_values(prefs), "updated_at": uow.now()}
+    await uow.execute(pg_insert(preferences).values(member_id=member_id, chain_id=chain_id, **values)
+                      .on_conflict_do_update(index_elements=["member_id"], set_=values))
+    return _preferences_view(member_id, prefs)

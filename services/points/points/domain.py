@@ -1,0 +1,222 @@
+"""The points programme as plain code (SPEC §4): earning, lots, expiry, reversal, redemption.
+
+Every number comes from a :class:`shared.policy.Policy`; nothing here touches the
+database, HTTP or Kafka. A member's points live in *lots* (one per positive credit);
+the :class:`Wallet` is the member's balance plus the lots still holding points, and
+every change goes through it so that one invariant always holds::
+
+    sum(lot.remaining) == max(balance, 0)
+
+A negative balance (a refund reversed points already spent) is a debt: it is repaid
+out of the next credit before that credit's lot holds anything.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from shared.policy import DEFAULT_POLICY, Earning, Policy
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# A purchase keyed in at the till a moment "before" the enrolment (the POS clock runs a little
+# behind ours) is still the new member's first purchase.
+ENROLMENT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def policy_for(chain_id: str) -> Policy:
+    """The chain's programme. Every chain runs the default programme for now."""
+    return DEFAULT_POLICY
+
+
+# ---- earning ------------------------------------------------------------------------------------
+
+
+def in_new_member_window(occurred_at: datetime, enrolled_at: datetime, earning: Earning) -> bool:
+    """新客 double points: a purchase made less than ``new_member_days`` after enrolment."""
+    return enrolled_at - ENROLMENT_CLOCK_SKEW <= occurred_at < enrolled_at + timedelta(days=earning.new_member_days)
+
+
+def purchase_points(amount_fen: int, occurred_at: datetime, enrolled_at: datetime, earning: Earning) -> int:
+    """Points per whole yuan spent (floor), multiplied in the new-member window."""
+    points = (amount_fen // 100) * earning.points_per_yuan
+    if in_new_member_window(occurred_at, enrolled_at, earning):
+        points *= earning.new_member_multiplier
+    return points
+
+
+def behaviour_points(kind: str, earning: Earning) -> int:
+    """Points for an attended activity; an activity the programme does not reward earns 0."""
+    return earning.behaviour_points.get(kind, 0)
+
+
+def capped_award(points: int, awarded_this_month: int, monthly_cap: int) -> tuple[int, int]:
+    """(awarded, capped): what fits under the monthly behaviour cap is awarded, the rest is capped."""
+    room = max(0, monthly_cap - awarded_this_month)
+    awarded = min(points, room)
+    return awarded, points - awarded
+
+
+def local_month(when: datetime, tz: ZoneInfo) -> date:
+    """The first day of ``when``'s calendar month in the chain's time zone (the behaviour cap's key)."""
+    return when.astimezone(tz).date().replace(day=1)
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day ``months`` later, clamped to the end of a shorter month."""
+    index = day.year * 12 + (day.month - 1) + months
+    year, month = divmod(index, 12)
+    month += 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def expires_on(earned_at: datetime, tz: ZoneInfo, expiry_months: int) -> date:
+    """The last day of the month ``expiry_months`` after the month the points were earned in (local)."""
+    month = add_months(earned_at.astimezone(tz).date().replace(day=1), expiry_months)
+    return month.replace(day=calendar.monthrange(month.year, month.month)[1])
+
+
+def available_at(earned_at: datetime, pending_days: int) -> datetime:
+    """Earned points are pending until the return window has passed."""
+    return earned_at + timedelta(days=pending_days)
+
+
+def reversal_points(*, earned: int, amount_fen: int, refunded_before_fen: int, refund_fen: int,
+                    reversed_before: int) -> int:
+    """Points to reverse for one refund of a purchase that earned ``earned`` points.
+
+    Proportional to the refunded amount, computed on the running total of refunds so that
+    rounding never loses a point (refunding everything reverses everything) and the
+    reversals of a purchase never add up to more than it earned.
+    """
+    if amount_fen <= 0 or earned <= 0:
+        return 0
+    refunded = min(amount_fen, refunded_before_fen + refund_fen)
+    due = earned * refunded // amount_fen
+    return max(0, min(earned, due) - reversed_before)
+
+
+# ---- lots and the wallet ------------------------------------------------------------------------
+
+
+class PointsUnavailable(Exception):
+    """A redemption the member's points cannot cover."""
+
+
+class NegativeBalance(PointsUnavailable):
+    def __init__(self, balance: int) -> None:
+        super().__init__(f"The balance is negative ({balance}): redemption is blocked until it is repaid.")
+        self.balance = balance
+
+
+class InsufficientPoints(PointsUnavailable):
+    def __init__(self, wanted: int, available: int) -> None:
+        super().__init__(f"{wanted} points requested but only {available} are available.")
+        self.wanted = wanted
+        self.available = available
+
+
+@dataclass
+class Lot:
+    lot_id: str
+    points: int
+    remaining: int
+    earned_at: datetime
+    available_at: datetime
+    expires_on: date
+    qualifying: bool = True
+    purchase_id: str | None = None
+
+    def is_expired(self, now: datetime, tz: ZoneInfo) -> bool:
+        return now.astimezone(tz).date() > self.expires_on
+
+    def is_available(self, now: datetime, tz: ZoneInfo) -> bool:
+        return self.available_at <= now and not self.is_expired(now, tz)
+
+    def is_pending(self, now: datetime, tz: ZoneInfo) -> bool:
+        return self.available_at > now and not self.is_expired(now, tz)
+
+
+def new_lot(lot_id: str, points: int, earned_at: datetime, policy: Policy, tz: ZoneInfo, *,
+            qualifying: bool = True, purchase_id: str | None = None, pending: bool = True) -> Lot:
+    """A lot for a credit of ``points`` earned at ``earned_at`` (pending unless ``pending`` is False)."""
+    return Lot(
+        lot_id=lot_id, points=points, remaining=points, earned_at=earned_at,
+        available_at=available_at(earned_at, policy.pending_days) if pending else earned_at,
+        expires_on=expires_on(earned_at, tz, policy.expiry_months),
+        qualifying=qualifying, purchase_id=purchase_id,
+    )
+
+
+def oldest_first(lot: Lot) -> tuple[datetime, str]:
+    return lot.earned_at, lot.lot_id
+
+
+@dataclass
+class Wallet:
+    """One member's balance and open lots, loaded under the member's row lock."""
+
+    balance: int
+    lots: list[Lot]
+    tz: ZoneInfo
+    created: list[Lot] = field(default_factory=list)
+    #: lots loaded from storage whose ``remaining`` changed, by id
+    changed: dict[str, Lot] = field(default_factory=dict)
+
+    def available(self, now: datetime) -> int:
+        """Points that may be redeemed now, less any debt."""
+        free = sum(lot.remaining for lot in self.lots if lot.is_available(now, self.tz))
+        return free + min(self.balance, 0)
+
+    def pending(self, now: datetime) -> int:
+        return sum(lot.remaining for lot in self.lots if lot.is_pending(now, self.tz))
+
+    def open_lots(self) -> list[Lot]:
+        return sorted((lot for lot in self.lots if lot.remaining > 0), key=oldest_first)
+
+    def credit(self, lot: Lot) -> Lot:
+        """Add a lot's points; a debt is repaid out of them first."""
+        debt = max(0, -self.balance)
+        lot.remaining = lot.points - min(debt, lot.points)
+        self.balance += lot.points
+        self.lots.append(lot)
+        self.created.append(lot)
+        return lot
+
+    def debit(self, points: int, *, first_lot_id: str | None = None) -> list[tuple[Lot, int]]:
+        """Take ``points`` away (a reversal or a negative adjustment), whatever the lots' state.
+
+        The named lot (the refunded purchase's own) goes first, then the oldest lots; what
+        the lots cannot cover leaves the balance negative.
+        """
+        order = sorted(self.open_lots(), key=lambda lot: lot.lot_id != first_lot_id)  # stable: oldest first
+        taken = self._take(order, points)
+        self.balance -= points
+        return taken
+
+    def redeem(self, points: int, now: datetime) -> list[tuple[Lot, int]]:
+        """Spend ``points`` from the oldest available lots; never pending or expired ones."""
+        if self.balance < 0:
+            raise NegativeBalance(self.balance)
+        available = self.available(now)
+        if points > available:
+            raise InsufficientPoints(points, available)
+        taken = self._take([lot for lot in self.open_lots() if lot.is_available(now, self.tz)], points)
+        self.balance -= points
+        return taken
+
+    def _take(self, lots: list[Lot], points: int) -> list[tuple[Lot, int]]:
+        taken: list[tuple[Lot, int]] = []
+        left = points
+        for lot in lots:
+            if left <= 0:
+                break
+            take = min(lot.remaining, left)
+            lot.remaining -= take
+            left -= take
+            taken.append((lot, take))
+            if all(lot is not new for new in self.created):  # new lots are inserted as they end up
+                self.changed[lot.lot_id] = lot
+        return taken

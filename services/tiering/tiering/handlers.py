@@ -1,0 +1,230 @@
+"""Tiering's event handlers (qualification and upgrades) and the commands its routes call.
+
+Every consumed fact is stored once (``qualifying_facts.source_event_id`` is unique, on top
+of the inbox) at the time it happened; the member's tier is then re-evaluated against the
+trailing window ending now. Upgrades happen here, at once; downgrades never do (only a
+review may move a member down), so a refund or an old fact leaving the window changes
+the progress shown, not the tier.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import and_, case, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from shared.db import UnitOfWork
+from shared.events import (
+    CloudEvent, MemberEnrolled, PointsChanged, PurchaseRecorded, PurchaseRefunded, TierChanged, TierProgressChanged,
+)
+from shared.policy import Policy
+from shared.problems import NotFound
+
+from . import domain, schemas
+from .policies import POLICIES
+from .tables import members, qualifying_facts, tier_history
+
+# POS clocks run a little ahead: the enrollment API accepts occurred_at up to 5 minutes in the
+# future, and such a fact must count at once rather than at the member's next event.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_TIMEZONE_CACHE_SECONDS = 60.0
+_timezones: dict[str, tuple[float, ZoneInfo]] = {}
+
+
+async def chain_timezone(uow: UnitOfWork, chain_id: str) -> ZoneInfo:
+    """The chain's time zone (months of review dates are local months), cached per process."""
+    hit = _timezones.get(chain_id)
+    if hit and time.monotonic() - hit[0] < _TIMEZONE_CACHE_SECONDS:
+        return hit[1]
+    name = await uow.session.scalar(text("SELECT timezone FROM platform.chains WHERE chain_id = :c"),
+                                    {"c": chain_id})
+    try:
+        tz = ZoneInfo(name) if name else domain.DEFAULT_TIMEZONE
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = domain.DEFAULT_TIMEZONE
+    _timezones[chain_id] = (time.monotonic(), tz)
+    return tz
+
+
+# ---- queries ------------------------------------------------------------------------------------
+
+
+async def window_totals(uow: UnitOfWork, *, member_id: str, policy: Policy, as_of: datetime) -> tuple[int, int]:
+    """(spend_fen, qualifying points) over the policy's trailing window ending at ``as_of``.
+
+    One range scan of the (member_id, occurred_at) index, so a late event with an old
+    occurred_at lands in (or out of) the window exactly where it belongs. Spend never shows
+    below zero: a refund of a purchase that already left the window takes nothing more away.
+    """
+    start = as_of - timedelta(days=policy.qualification_window_days)
+    row = (await uow.execute(
+        select(func.coalesce(func.sum(qualifying_facts.c.spend_fen), 0).label("spend_fen"),
+               func.coalesce(func.sum(qualifying_facts.c.points), 0).label("points"))
+        .where(qualifying_facts.c.member_id == member_id,
+               qualifying_facts.c.occurred_at > start,
+               qualifying_facts.c.occurred_at <= as_of + MAX_CLOCK_SKEW))).one()
+    return max(0, int(row.spend_fen)), max(0, int(row.points))
+
+
+async def _member_for_update(uow: UnitOfWork, *, member_id: str, chain_id: str, policy: Policy,
+                             enrolled_at: datetime | None = None) -> Any:
+    """The member's row, locked until the transaction ends; created at the lowest tier if unseen.
+
+    PointsChanged comes from another topic than MemberEnrolled, so a fact may arrive first:
+    the row it creates is completed (enrolled_at, since) when the enrolment arrives, as long
+    as the member has not moved tier meanwhile. ON CONFLICT DO UPDATE locks the row, which
+    serialises this member's tier changes with any other writer.
+    """
+    lowest = domain.lowest_tier(policy).code
+    stmt = pg_insert(members).values(
+        member_id=member_id, chain_id=chain_id, tier=lowest, since=enrolled_at or uow.now(), review_at=None,
+        policy_version=policy.version, enrolled_at=enrolled_at, updated_at=uow.now(),
+    )
+    set_: dict[str, Any] = {"updated_at": stmt.excluded.updated_at}
+    if enrolled_at is not None:
+        set_["enrolled_at"] = stmt.excluded.enrolled_at
+        set_["since"] = case((and_(members.c.tier == lowest, members.c.enrolled_at.is_(None)), stmt.excluded.since),
+                             else_=members.c.since)
+    stmt = stmt.on_conflict_do_update(index_elements=["member_id"], set_=set_).returning(*members.c)
+    return (await uow.execute(stmt)).one()
+
+
+async def _record_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occurred_at: datetime,
+                       spend_fen: int = 0, points: int = 0) -> bool:
+    """Store the fact once per source event; False when it was stored before."""
+    inserted = (await uow.execute(pg_insert(qualifying_facts).values(
+        member_id=member_id, occurred_at=occurred_at, spend_fen=spend_fen, points=points,
+        source_event_id=event.id,
+    ).on_conflict_do_nothing(index_elements=["source_event_id"]).returning(qualifying_facts.c.id))).first()
+    return inserted is not None
+
+
+# ---- qualification ------------------------------------------------------------------------------
+
+
+def _tier_name(policy: Policy, code: str) -> str:
+    try:
+        return policy.tier(code).name
+    except KeyError:
+        return code
+
+
+async def _upgrade(uow: UnitOfWork, *, member: Any, to_tier: str, policy: Policy, chain_id: str) -> Any:
+    """Move the member up at once (several tiers in one step if they qualify for it)."""
+    now = uow.now()
+    review = domain.review_at(now, policy.review_months, await chain_timezone(uow, chain_id))
+    changed = (await uow.execute(
+        update(members).where(members.c.member_id == member.member_id)
+        .values(tier=to_tier, since=now, review_at=review, policy_version=policy.version, updated_at=now)
+        .returning(*members.c))).one()
+    await uow.execute(tier_history.insert().values(
+        member_id=member.member_id, from_tier=member.tier, to_tier=to_tier, direction="up", reason="qualified",
+        effective_at=now, policy_version=policy.version))
+    uow.publish(TierChanged(
+        from_tier=member.tier, to_tier=to_tier, direction="up", reason="qualified", policy_version=policy.version,
+        effective_at=now, review_at=review, to_tier_name=_tier_name(policy, to_tier),
+    ), member_id=member.member_id, chain_id=chain_id, time=now)
+    return changed
+
+
+async def _qualify(uow: UnitOfWork, *, member: Any, policy: Policy, chain_id: str) -> None:
+    """Re-evaluate after a fact: upgrade if the window now reaches a higher tier; publish progress."""
+    spend, points = await window_totals(uow, member_id=member.member_id, policy=policy, as_of=uow.now())
+    qualified = domain.qualified_tier(policy, spend, points)
+    if domain.is_upgrade(policy, member.tier, qualified):
+        member = await _upgrade(uow, member=member, to_tier=qualified, policy=policy, chain_id=chain_id)
+    p = domain.progress(policy, member.tier, spend, points)
+    uow.publish(TierProgressChanged(
+        tier=member.tier, tier_name=_tier_name(policy, member.tier), next_tier=p.next_tier, spend_fen=p.spend_fen,
+        spend_needed_fen=p.spend_needed_fen, points=p.points, points_needed=p.points_needed,
+        review_at=member.review_at, policy_version=policy.version,
+    ), member_id=member.member_id, chain_id=chain_id)
+
+
+async def _count_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occurred_at: datetime,
+                      spend_fen: int = 0, points: int = 0) -> None:
+    if not await _record_fact(uow, event, member_id=member_id, occurred_at=occurred_at, spend_fen=spend_fen,
+                              points=points):
+        return  # counted before: nothing changes
+    policy = await POLICIES.get(uow, event.chainid)
+    member = await _member_for_update(uow, member_id=member_id, chain_id=event.chainid, policy=policy)
+    await _qualify(uow, member=member, policy=policy, chain_id=event.chainid)
+
+
+# ---- event handlers -----------------------------------------------------------------------------
+
+
+async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: MemberEnrolled = event.data  # type: ignore[assignment]
+    policy = await POLICIES.get(uow, event.chainid)
+    member = await _member_for_update(uow, member_id=d.member_id, chain_id=event.chainid, policy=policy,
+                                      enrolled_at=d.enrolled_at)
+    await _qualify(uow, member=member, policy=policy, chain_id=event.chainid)
+
+
+async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
+    d: PurchaseRecorded = event.data  # type: ignore[assignment]
+    await _count_fact(uow, event, member_id=d.member_id, occurred_at=d.occurred_at, spend_fen=d.amount_fen)
+
+
+async def on_purchase_refunded(event: CloudEvent, uow: UnitOfWork) -> None:
+    """A refund takes spend away at the refund's time; it never downgrades (only a review does)."""
+    d: PurchaseRefunded = event.data  # type: ignore[assignment]
+    await _count_fact(uow, event, member_id=d.member_id or event.subject, occurred_at=d.occurred_at,
+                      spend_fen=-d.amount_fen)
+
+
+async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    """Only qualifying points count (earned from spend and behaviour, and their reversals)."""
+    d: PointsChanged = event.data  # type: ignore[assignment]
+    if not d.qualifying or d.delta == 0:
+        return
+    await _count_fact(uow, event, member_id=event.subject, occurred_at=d.occurred_at or event.time,
+                      points=d.delta)
+
+
+HANDLERS = {
+    MemberEnrolled: on_member_enrolled,
+    PurchaseRecorded: on_purchase_recorded,
+    PurchaseRefunded: on_purchase_refunded,
+    PointsChanged: on_points_changed,
+}
+
+
+# ---- commands called by routes ------------------------------------------------------------------
+
+
+async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Any:
+    row = (await uow.execute(select(members).where(
+        members.c.member_id == member_id, members.c.chain_id == chain_id))).first()
+    if row is None:
+        raise NotFound("No such member.")
+    return row
+
+
+async def member_tier(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberTier:
+    member = await _member_in_chain(uow, chain_id=chain_id, member_id=member_id)
+    policy = await POLICIES.get(uow, chain_id)
+    spend, points = await window_totals(uow, member_id=member_id, policy=policy, as_of=uow.now())
+    p = domain.progress(policy, member.tier, spend, points)
+    return schemas.MemberTier(
+        code=member.tier, name=_tier_name(policy, member.tier), since=member.since, review_at=member.review_at,
+        policy_version=member.policy_version,
+        progress=schemas.ProgressView(next_tier=p.next_tier, spend_fen=p.spend_fen,
+                                      spend_needed_fen=p.spend_needed_fen, points=p.points,
+                                      points_needed=p.points_needed),
+    )
+
+
+async def member_tier_history(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.TierHistory:
+    await _member_in_chain(uow, chain_id=chain_id, member_id=member_id)
+    rows = await uow.execute(select(tier_history).where(tier_history.c.member_id == member_id)
+                             .order_by(tier_history.c.id))
+    return schemas.TierHistory(items=[
+        schemas.TierChangeView(from_tier=r.from_tier, to_tier=r.to_tier, direction=r.direction, reason=r.reason,
+                               effective_at=r.effective_at, policy_version=r.policy_version)
+        for r in rows])
