@@ -207,6 +207,19 @@ class Wallet:
         self.balance -= points
         return taken
 
+    def expire(self, now: datetime) -> list[tuple[Lot, int]]:
+        """Take away what is left in the lots whose expiry day has passed (local time)."""
+        expired = [lot for lot in self.open_lots() if lot.is_expired(now, self.tz)]
+        total = sum(lot.remaining for lot in expired)
+        taken = self._take(expired, total)
+        self.balance -= total
+        return taken
+
+    def expiring_soon(self, now: datetime, notice_days: int) -> list[Lot]:
+        """Open lots that expire within ``notice_days`` (and have not yet expired)."""
+        horizon = now.astimezone(self.tz).date() + timedelta(days=notice_days)
+        return [lot for lot in self.open_lots() if not lot.is_expired(now, self.tz) and lot.expires_on <= horizon]
+
     def _take(self, lots: list[Lot], points: int) -> list[tuple[Lot, int]]:
         taken: list[tuple[Lot, int]] = []
         left = points

@@ -36,9 +36,11 @@ lots = Table(
     Column("qualifying", Boolean, nullable=False),
     Column("purchase_id", Text),
     Column("entry_id", Text, nullable=False),
+    Column("expiry_notified_at", DateTime(timezone=True)),  # PointsExpiringSoon published (once per lot)
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("remaining >= 0 AND remaining <= points", name="lots_remaining_in_range"),
     Index("lots_open", "member_id", "earned_at", postgresql_where=text("remaining > 0")),
+    Index("lots_expiring", "expires_on", postgresql_where=text("remaining > 0")),
 )
 
 # The ledger: one row per change, ``seq`` orders a member's entries (and the ledger's cursor).

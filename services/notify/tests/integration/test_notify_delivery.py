@@ -8,7 +8,7 @@ import json
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -51,10 +51,13 @@ def publish(stack: Stack, member_id: str, *events: EventData) -> None:
     publish_events(stack.broker.bootstrap, [new_event(e, member_id=member_id, chain_id=CHAIN) for e in events])
 
 
-def tier_changed(to_tier: str = "silver", direction: str = "up", from_tier: str = "member") -> TierChanged:
-    return TierChanged(from_tier=from_tier, to_tier=to_tier, direction=direction, reason="qualified",  # type: ignore[arg-type]
-                       policy_version=1, effective_at=datetime.now(UTC), to_tier_name={"silver": "银卡会员",
-                                                                                       "gold": "金卡会员"}.get(to_tier))
+TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员"}
+
+
+def tier_changed(to_tier: str = "silver", direction: Literal["up", "down", "none"] = "up",
+                 from_tier: str = "member") -> TierChanged:
+    return TierChanged(from_tier=from_tier, to_tier=to_tier, direction=direction, reason="qualified",
+                       policy_version=1, effective_at=datetime.now(UTC), to_tier_name=TIER_NAMES[to_tier])
 
 
 def notify_events(stack: Stack, notification_id: str) -> list[CloudEvent]:
@@ -160,9 +163,9 @@ def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(api: Ap
     publish(stack, member_id, tier_changed("silver"))
 
     def given_up() -> dict[str, Any]:
-        [n] = notifications(api, member_id, "tier_up")
-        assert n["status"] == "failed", n
-        return n
+        items = notifications(api, member_id, "tier_up")
+        assert len(items) == 1 and items[0]["status"] == "failed", items
+        return items[0]
 
     failed = eventually(given_up, timeout=30)
     assert failed["attempts"] == 5 and "503" in failed["last_error"] and failed["sent_at"] is None

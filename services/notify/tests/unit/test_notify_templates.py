@@ -40,7 +40,8 @@ def test_every_kind_has_a_template_in_both_locales() -> None:
 
 
 def test_tier_up_names_the_tier_in_the_members_language() -> None:
-    zh_title, _ = templates.render("tier_up", "zh-CN", {"name": "王", "tier_name": templates.tier_name("silver", "zh-CN")})
+    zh_title, _ = templates.render("tier_up", "zh-CN",
+                                   {"name": "王", "tier_name": templates.tier_name("silver", "zh-CN")})
     en_title, en_body = templates.render("tier_up", "en", {"name": "Wang",
                                                            "tier_name": templates.tier_name("silver", "en")})
     assert "银卡会员" in zh_title

@@ -3,13 +3,17 @@ broker), points, lots and ledger out."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from shared.events import ActivityRecorded, MemberEnrolled, PurchaseItem, PurchaseRecorded, PurchaseRefunded, new_event
+from shared.events import (
+    ActivityRecorded, CloudEvent, MemberEnrolled, PurchaseItem, PurchaseRecorded, PurchaseRefunded, decode, new_event,
+)
 from tests.helpers import APP, OPS, POS, Api, eventually, is_problem, publish_events
 
 pytestmark = pytest.mark.integration
@@ -56,6 +60,24 @@ def purchase_event(member_id: str, amount_fen: int, occurred_at: datetime) -> An
     ), member_id=member_id, chain_id=CHAIN)
 
 
+def points_changed_of(bootstrap: str, member_id: str) -> list[CloudEvent]:
+    """The PointsChanged events published for a member so far (read from the start of the topic)."""
+
+    async def read() -> list[CloudEvent]:
+        consumer = AIOKafkaConsumer("membership.points", bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            found: list[CloudEvent] = []
+            while batch := await consumer.getmany(timeout_ms=1_000):
+                found += [e for rs in batch.values() for r in rs if (e := decode(r.value)).subject == member_id]
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
 def funded_member(api: Api, points: int) -> str:
     """A freshly enrolled member with ``points`` available at once (an ops adjustment)."""
     member_id = api.enrol()["member_id"]
@@ -66,7 +88,7 @@ def funded_member(api: Api, points: int) -> str:
     return member_id
 
 
-def test_earns_double_points_in_the_first_30_days(api: Api) -> None:
+def test_earns_double_points_in_the_first_30_days(stack: Any, api: Api) -> None:
     member_id = api.enrol()["member_id"]
     api.purchase(member_id, 12_345)
     doc = wait_for_points(api, member_id, 246)
@@ -78,9 +100,12 @@ def test_earns_double_points_in_the_first_30_days(api: Api) -> None:
     assert date.fromisoformat(lot["expires_on"]).day >= 28
     [entry] = ledger_of(api, member_id)["items"]
     assert (entry["entry_type"], entry["delta"], entry["balance"], entry["qualifying"]) == ("earn", 246, 246, True)
-    # PointsChanged reached enrollment's status view
-    eventually(lambda: api.get("enrollment", f"/v1/members/{member_id}/status", key=APP)
-               .json()["points"]["balance"] == 246)
+    [changed] = eventually(lambda: points_changed_of(stack.broker.bootstrap, member_id))
+    assert changed.chainid == CHAIN and changed.subject == member_id
+    assert changed.data.model_dump(include={"entry_id", "delta", "balance", "entry_type", "qualifying",
+                                            "available", "pending"}) == {
+        "entry_id": entry["entry_id"], "delta": 246, "balance": 246, "entry_type": "earn", "qualifying": True,
+        "available": 0, "pending": 246}
 
 
 def test_earns_single_points_after_the_new_member_window(stack: Any, api: Api) -> None:

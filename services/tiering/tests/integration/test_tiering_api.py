@@ -95,10 +95,11 @@ def test_spend_crossing_50000_yuan_upgrades_to_silver_with_a_review_a_year_later
         "policy_version": policy_version}
     assert datetime.fromisoformat(change["effective_at"]) == since
 
-    def status_shows_silver() -> None:  # TierChanged and TierProgressChanged reached the status view
+    def status_shows_silver() -> bool:  # TierChanged and TierProgressChanged reached the status view
         status = api.get("enrollment", f"/v1/members/{member_id}/status", key=APP).json()
         assert (status["tier"]["code"], status["progress"]["next_tier"], status["progress"]["spend_fen"]) == (
             "silver", "gold", 5_000_000)
+        return True
 
     eventually(status_shows_silver, timeout=20)
 

@@ -38,12 +38,14 @@ def upgrade() -> None:
         sa.Column("qualifying", sa.Boolean, nullable=False),
         sa.Column("purchase_id", sa.Text),
         sa.Column("entry_id", sa.Text, nullable=False),
+        sa.Column("expiry_notified_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("remaining >= 0 AND remaining <= points", name="lots_remaining_in_range"),
         schema=S,
     )
     op.create_index("lots_open", "lots", ["member_id", "earned_at"], schema=S,
                     postgresql_where=sa.text("remaining > 0"))
+    op.create_index("lots_expiring", "lots", ["expires_on"], schema=S, postgresql_where=sa.text("remaining > 0"))
     op.create_table(
         "entries",
         sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
