@@ -128,6 +128,7 @@ class Lot:
     expires_on: date
     qualifying: bool = True
     purchase_id: str | None = None
+    expiry_notified: bool = False  # PointsExpiringSoon was published for it
 
     def is_expired(self, now: datetime, tz: ZoneInfo) -> bool:
         return now.astimezone(tz).date() > self.expires_on
@@ -218,7 +219,8 @@ class Wallet:
     def expiring_soon(self, now: datetime, notice_days: int) -> list[Lot]:
         """Open lots that expire within ``notice_days`` (and have not yet expired)."""
         horizon = now.astimezone(self.tz).date() + timedelta(days=notice_days)
-        return [lot for lot in self.open_lots() if not lot.is_expired(now, self.tz) and lot.expires_on <= horizon]
+        return [lot for lot in self.open_lots()
+                if not lot.expiry_notified and not lot.is_expired(now, self.tz) and lot.expires_on <= horizon]
 
     def _take(self, lots: list[Lot], points: int) -> list[tuple[Lot, int]]:
         taken: list[tuple[Lot, int]] = []

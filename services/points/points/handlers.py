@@ -14,17 +14,17 @@ import binascii
 import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared.db import UnitOfWork
+from shared.db import Database, UnitOfWork
 from shared.events import (
-    ActivityRecorded, CloudEvent, EntryType, MemberEnrolled, PointsChanged, PurchaseRecorded, PurchaseRefunded,
-    ReferralCompleted,
+    ActivityRecorded, CloudEvent, EntryType, MemberEnrolled, PointsChanged, PointsExpiringSoon, PurchaseRecorded,
+    PurchaseRefunded, ReferralCompleted,
 )
 from shared.platform import chains
 from shared.problems import Conflict, InvalidRequest, NotFound
@@ -68,7 +68,7 @@ async def timezone_of(uow: UnitOfWork, chain_id: str) -> ZoneInfo:
 def _lot_of(row: Any) -> domain.Lot:
     return domain.Lot(lot_id=row.lot_id, points=row.points, remaining=row.remaining, earned_at=row.earned_at,
                       available_at=row.available_at, expires_on=row.expires_on, qualifying=row.qualifying,
-                      purchase_id=row.purchase_id)
+                      purchase_id=row.purchase_id, expiry_notified=row.expiry_notified_at is not None)
 
 
 async def _locked_member(uow: UnitOfWork, member_id: str) -> Any:
@@ -233,6 +233,60 @@ HANDLERS = {
     ReferralCompleted: on_referral_completed,
     PurchaseRefunded: on_purchase_refunded,
 }
+
+
+# ---- expiry (a schedule) ------------------------------------------------------------------------
+
+EXPIRY_BATCH = 1_000
+
+
+async def members_with_points_due(uow: UnitOfWork, *, now: datetime, notice_days: int) -> list[str]:
+    """Members who may have lots to expire or to announce. The bounds use the UTC date plus a day,
+    which covers every time zone ahead of UTC; the wallet then decides in the chain's zone."""
+    soon = now.date() + timedelta(days=1)
+    rows = await uow.execute(
+        select(lots.c.member_id, func.min(lots.c.expires_on).label("first_expiry"))
+        .where(lots.c.remaining > 0, or_(
+            lots.c.expires_on < soon,
+            and_(lots.c.expires_on <= soon + timedelta(days=notice_days), lots.c.expiry_notified_at.is_(None))))
+        .group_by(lots.c.member_id).order_by("first_expiry").limit(EXPIRY_BATCH))
+    return [r.member_id for r in rows]
+
+
+async def expire_member_points(uow: UnitOfWork, *, member_id: str) -> None:
+    """Announce lots expiring soon (once per lot) and take away expired ones (an ``expire`` entry).
+
+    Safe on several replicas at once: under the member's row lock, an announced lot is marked
+    and an expired lot is emptied, so the second replica finds nothing left to do.
+    """
+    member = await _locked_member(uow, member_id)
+    if member is None:
+        return
+    wallet = await _wallet_of(uow, member)
+    now = uow.now()
+    policy = domain.policy_for(member.chain_id)
+    soon = wallet.expiring_soon(now, policy.expiring_notice_days)
+    for lot in soon:
+        uow.publish(PointsExpiringSoon(points=lot.remaining, expires_on=lot.expires_on, lot_id=lot.lot_id),
+                    member_id=member.member_id, chain_id=member.chain_id)
+    if soon:
+        await uow.execute(update(lots).where(lots.c.lot_id.in_([lot.lot_id for lot in soon]))
+                          .values(expiry_notified_at=now))
+    expired = sum(n for _, n in wallet.expire(now))
+    if expired:
+        await post(uow, member=member, wallet=wallet, delta=-expired, entry_type="expire", reason="expiry",
+                   occurred_at=now, qualifying=False)
+
+
+async def expire_due_points(db: Database) -> int:
+    """One pass of the expiry schedule; each member in its own transaction. Returns members visited."""
+    async with db.unit_of_work() as uow:
+        due = await members_with_points_due(uow, now=uow.now(),
+                                            notice_days=domain.DEFAULT_POLICY.expiring_notice_days)
+    for member_id in due:
+        async with db.unit_of_work() as uow:
+            await expire_member_points(uow, member_id=member_id)
+    return len(due)
 
 
 # ---- commands from the API ----------------------------------------------------------------------

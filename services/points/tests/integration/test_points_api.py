@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from shared.clock import OffsetFileClock
 from shared.events import (
     ActivityRecorded, CloudEvent, MemberEnrolled, PurchaseItem, PurchaseRecorded, PurchaseRefunded, decode, new_event,
 )
@@ -60,8 +62,8 @@ def purchase_event(member_id: str, amount_fen: int, occurred_at: datetime) -> An
     ), member_id=member_id, chain_id=CHAIN)
 
 
-def points_changed_of(bootstrap: str, member_id: str) -> list[CloudEvent]:
-    """The PointsChanged events published for a member so far (read from the start of the topic)."""
+def published_for(bootstrap: str, member_id: str, event_type: str = "PointsChanged") -> list[CloudEvent]:
+    """The events of a type points published for a member so far (read from the start of the topic)."""
 
     async def read() -> list[CloudEvent]:
         consumer = AIOKafkaConsumer("membership.points", bootstrap_servers=bootstrap, group_id=None,
@@ -70,7 +72,7 @@ def points_changed_of(bootstrap: str, member_id: str) -> list[CloudEvent]:
         try:
             found: list[CloudEvent] = []
             while batch := await consumer.getmany(timeout_ms=1_000):
-                found += [e for rs in batch.values() for r in rs if (e := decode(r.value)).subject == member_id]
+                found += [e for rs in batch.values() for r in rs if (e := decode(r.value)).subject == member_id and e.type == event_type]
             return found
         finally:
             await consumer.stop()
@@ -100,7 +102,7 @@ def test_earns_double_points_in_the_first_30_days(stack: Any, api: Api) -> None:
     assert date.fromisoformat(lot["expires_on"]).day >= 28
     [entry] = ledger_of(api, member_id)["items"]
     assert (entry["entry_type"], entry["delta"], entry["balance"], entry["qualifying"]) == ("earn", 246, 246, True)
-    [changed] = eventually(lambda: points_changed_of(stack.broker.bootstrap, member_id))
+    [changed] = eventually(lambda: published_for(stack.broker.bootstrap, member_id))
     assert changed.chainid == CHAIN and changed.subject == member_id
     assert changed.data.model_dump(include={"entry_id", "delta", "balance", "entry_type", "qualifying",
                                             "available", "pending"}) == {
@@ -243,3 +245,27 @@ def test_an_activity_of_an_unknown_kind_earns_nothing(stack: Any, api: Api) -> N
     ])
     wait_for_points(api, member_id, 50)
     assert [e["reason"] for e in ledger_of(api, member_id)["items"]] == ["activity:survey"]
+
+
+def test_points_are_announced_before_they_expire_and_then_expire(stack: Any, api: Api) -> None:
+    """Last in the file: it moves every process's clock forward (and back again)."""
+    member_id = funded_member(api, 70)
+    [lot] = points_of(api, member_id)["lots"]
+    expires_on = date.fromisoformat(lot["expires_on"])
+    clock = OffsetFileClock(stack.data_dir / "clock-offset")
+
+    def move_to(day: date) -> None:
+        clock.set_offset((datetime.combine(day, time(12), ZoneInfo("Asia/Shanghai")) - datetime.now(UTC))
+                         .total_seconds())
+
+    try:
+        move_to(expires_on - timedelta(days=10))
+        [notice] = eventually(lambda: published_for(stack.broker.bootstrap, member_id, "PointsExpiringSoon"))
+        assert (notice.data.points, notice.data.expires_on, notice.data.lot_id) == (70, expires_on, lot["lot_id"])
+        move_to(expires_on + timedelta(days=1))
+        doc = wait_for_points(api, member_id, 0)
+        assert doc["lots"] == []
+        entry = ledger_of(api, member_id)["items"][0]
+        assert (entry["entry_type"], entry["delta"], entry["qualifying"]) == ("expire", -70, False)
+    finally:
+        clock.set_offset(0)

@@ -61,14 +61,30 @@ def test_a_negative_balance_blocks_redemption_and_is_repaid_by_the_next_credit()
     assert (wallet.balance, new.remaining) == (70, 70)
 
 
+def test_expired_lots_are_taken_away_and_announced_only_before_they_expire() -> None:
+    wallet = domain.Wallet(0, [], SHANGHAI)
+    wallet.credit(lot("jan", 100, datetime(2025, 1, 10, tzinfo=UTC)))  # expires 2027-01-31
+    wallet.credit(lot("feb", 40, datetime(2025, 2, 10, tzinfo=UTC)))  # expires 2027-02-28
+    on_jan_5 = datetime(2027, 1, 5, 4, tzinfo=UTC)
+    assert [lot.lot_id for lot in wallet.expiring_soon(on_jan_5, 30)] == ["jan"]
+    assert wallet.expire(on_jan_5) == []
+    last_day_in_shanghai = datetime(2027, 1, 31, 15, 59, tzinfo=UTC)
+    assert wallet.expire(last_day_in_shanghai) == []
+    first_day_after = datetime(2027, 1, 31, 16, 1, tzinfo=UTC)  # 2027-02-01 00:01 in Shanghai
+    assert [(lot.lot_id, n) for lot, n in wallet.expire(first_day_after)] == [("jan", 100)]
+    assert wallet.balance == 40
+    assert [lot.lot_id for lot in wallet.expiring_soon(first_day_after, 30)] == ["feb"]
+
+
 # ---- the property ---------------------------------------------------------------------------
 
 earn = st.tuples(st.just("earn"), st.integers(1, 5_000))
 refund = st.tuples(st.just("refund"), st.integers(0, 50), st.integers(1, 100))  # (which purchase, % refunded)
 redeem = st.tuples(st.just("redeem"), st.integers(1, 6_000))
 adjust = st.tuples(st.just("adjust"), st.integers(-3_000, 3_000).filter(bool))
+expire = st.tuples(st.just("expire"))
 wait = st.tuples(st.just("wait"), st.integers(1, 400))  # days
-operations = st.lists(st.one_of(earn, refund, redeem, adjust, wait), max_size=60)
+operations = st.lists(st.one_of(earn, refund, redeem, adjust, wait, expire), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
@@ -115,6 +131,11 @@ def test_the_ledger_and_lots_stay_consistent_for_any_sequence_of_changes(ops: li
             else:
                 wallet.debit(-op[1])
             deltas.append(op[1])
+        elif kind == "expire":
+            taken = wallet.expire(now)
+            assert all(lot.is_expired(now, SHANGHAI) for lot, _ in taken)
+            if taken:
+                deltas.append(-sum(n for _, n in taken))
         assert wallet.balance == sum(deltas)
         assert all(lot.remaining >= 0 for lot in wallet.lots)
         assert all(lot.remaining <= lot.points for lot in wallet.lots)
