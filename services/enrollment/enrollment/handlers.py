@@ -285,9 +285,12 @@ async def complete_due_referrals(uow: UnitOfWork, *, as_of: datetime, limit: int
 DEFAULT_TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员", "diamond": "钻石会员"}
 
 
-async def _set_status(uow: UnitOfWork, member_id: str, **values: Any) -> None:
-    """Upsert columns of the status row; values may be SQL expressions over the current row."""
-    stmt = pg_insert(member_status).values(member_id=member_id, updated_at=func.now())
+async def _set_status(uow: UnitOfWork, member_id: str, *, insert: dict[str, Any] | None = None,
+                      **values: Any) -> None:
+    """Upsert columns of the status row. ``values`` may be SQL expressions over the current row
+    (for the update); ``insert`` gives what a first row gets instead where they differ."""
+    row = {**values, **(insert or {})}
+    stmt = pg_insert(member_status).values(member_id=member_id, updated_at=func.now(), **row)
     await uow.execute(stmt.on_conflict_do_update(
         index_elements=["member_id"], set_={**values, "updated_at": func.now()}))
 
@@ -322,8 +325,9 @@ def _benefit_doc(d: Any) -> dict[str, Any]:
 
 async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
     d: BenefitGranted = event.data  # type: ignore[assignment]
-    entry = literal({d.benefit_id: _benefit_doc(d)}, JSONB)
-    await _set_status(uow, event.subject, benefits=member_status.c.benefits.op("||")(entry))
+    entry = {d.benefit_id: _benefit_doc(d)}
+    await _set_status(uow, event.subject, insert={"benefits": entry},
+                      benefits=member_status.c.benefits.op("||")(literal(entry, JSONB)))
 
 
 async def on_benefit_redeemed(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -332,7 +336,8 @@ async def on_benefit_redeemed(event: CloudEvent, uow: UnitOfWork) -> None:
 
 async def on_benefit_revoked(event: CloudEvent, uow: UnitOfWork) -> None:
     d: BenefitRevoked = event.data  # type: ignore[assignment]
-    await _set_status(uow, event.subject, benefits=member_status.c.benefits.op("-")(d.benefit_id))
+    await _set_status(uow, event.subject, insert={"benefits": {}},
+                      benefits=member_status.c.benefits.op("-")(d.benefit_id))
 
 
 async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:

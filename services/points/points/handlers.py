@@ -357,7 +357,7 @@ def decode_cursor(cursor: str) -> int:
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError("not a ledger cursor")
         seq = int(raw.removeprefix(_CURSOR_PREFIX))
-        if seq <= 0:
+        if not 0 < seq < 2**63:
             raise ValueError("not a ledger cursor")
         return seq
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:

@@ -72,7 +72,8 @@ def published_for(bootstrap: str, member_id: str, event_type: str = "PointsChang
         try:
             found: list[CloudEvent] = []
             while batch := await consumer.getmany(timeout_ms=1_000):
-                found += [e for rs in batch.values() for r in rs if (e := decode(r.value)).subject == member_id and e.type == event_type]
+                events = [decode(r.value) for rs in batch.values() for r in rs]
+                found += [e for e in events if e.subject == member_id and e.type == event_type]
             return found
         finally:
             await consumer.stop()
