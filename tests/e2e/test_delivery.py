@@ -49,7 +49,7 @@ def _read_topic(bootstrap: str, topic: str, predicate=lambda rec: True, timeout:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while loop.time() < deadline:
-                if all((await consumer.position(tp)) >= end[tp] for tp in parts):
+                if all([(await consumer.position(tp)) >= end[tp] for tp in parts]):
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 out += [r for rs in batch.values() for r in rs if predicate(r)]
@@ -94,13 +94,18 @@ def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # n
         stack.stop_process(f"{service}-worker")
 
     async def rewind(group: str, topics: list[str]) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=stack.broker.bootstrap, group_id=group,
-                                    enable_auto_commit=False)
+        """Join the group as its only member (the worker is stopped) and commit offset 0 everywhere."""
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=stack.broker.bootstrap, group_id=group,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:
-            parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
-            consumer.assign(parts)
-            await consumer.commit({tp: 0 for tp in parts})
+            expected = sum(len(consumer.partitions_for_topic(t) or ()) for t in topics)
+            for _ in range(100):
+                await consumer.getmany(timeout_ms=200)
+                if len(consumer.assignment()) == expected:
+                    break
+            assert len(consumer.assignment()) == expected
+            await consumer.commit({tp: 0 for tp in consumer.assignment()})
         finally:
             await consumer.stop()
 

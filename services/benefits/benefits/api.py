@@ -16,6 +16,7 @@ from .domain import Status
 router = APIRouter(prefix="/v1", tags=["benefits"])
 
 PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
+OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.get("/members/{member_id}/benefits", response_model=schemas.BenefitList)
@@ -49,3 +50,12 @@ async def redeem_benefit(member_id: str, benefit_id: str, body: schemas.Redempti
                                 key=idempotency_key,
                                 body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
                                 action=action)
+
+
+@router.post("/benefits/schedules/run", response_model=schemas.BirthdayRun, tags=["operations"])
+async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None
+                        ) -> schemas.BirthdayRun:
+    """Grant the key's chain's birthday vouchers due as of ``as_of`` (default now); also runs on a schedule."""
+    granted, as_of = await handlers.run_birthday_schedule(ctx, as_of=body.as_of if body else None,
+                                                          chain_ids=[principal.chain_id])
+    return schemas.BirthdayRun(granted=granted, as_of=as_of)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from .domain import Status
 
@@ -25,6 +25,7 @@ class BenefitView(BaseModel):
     tier: str | None
     value_fen: int | None
     percent: int | None
+    period: str | None = None  # what a once-per grant is once per: "2027", a tier-year's first day, a purchase
 
 
 class BenefitList(BaseModel):
@@ -49,3 +50,12 @@ class Redemption(BaseModel):
     member_id: str
     clinic_id: str
     redeemed_at: datetime
+
+
+class RunRequest(Strict):
+    as_of: AwareDatetime | None = None
+
+
+class BirthdayRun(BaseModel):
+    granted: int
+    as_of: datetime

@@ -3,7 +3,7 @@
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
-from .handlers import HANDLERS, expire_due_benefits
+from .handlers import HANDLERS, expire_due_benefits, grant_due_birthday_vouchers
 from .tables import shared
 
 SERVICE = ServiceDefinition(
@@ -11,6 +11,7 @@ SERVICE = ServiceDefinition(
     tables=shared,
     routers=[router],
     handlers=HANDLERS,
-    schedules=[Schedule(name="expire-benefits", run=expire_due_benefits)],
-    description="Benefit entitlements per tier and referral, their redemptions.",
+    schedules=[Schedule(name="expire-benefits", run=expire_due_benefits),
+               Schedule(name="birthday-vouchers", run=grant_due_birthday_vouchers)],
+    description="Benefit entitlements per tier, birthday, purchase and referral; their redemptions.",
 )

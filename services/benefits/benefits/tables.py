@@ -1,17 +1,19 @@
-"""The benefits schema: the member projection, entitlements and redemptions."""
+"""The benefits schema: the member projection, entitlements, redemptions and the chains' policies."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func,
-    text,
+    BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint,
+    func, text,
 )
 
 from shared.db import shared_tables
+from shared.policy_store import PolicyStore, policy_table
 
 SCHEMA = "benefits"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+policies = PolicyStore(policy_table(metadata))
 
 # What this service knows of a member, from MemberEnrolled and TierChanged.
 members = Table(
@@ -22,6 +24,10 @@ members = Table(
     # effective time of the tier: an older TierChanged (a replay) never overwrites a newer one
     Column("tier_since", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("birthday", Date),  # None for members enrolled before 0002 (no birthday voucher for them)
+    # the birthday schedule looks members up by chain and birth month
+    Index("members_birth_month", "chain_id", text("EXTRACT(month FROM birthday)"),
+          postgresql_where=text("birthday IS NOT NULL")),
 )
 
 entitlements = Table(
@@ -39,15 +45,20 @@ entitlements = Table(
     Column("remaining_uses", Integer),  # None: unlimited
     Column("status", Text, nullable=False, server_default="active"),
     Column("source_event_id", Text, nullable=False),
+    # what a once-per-something grant is once per: "2027" (birthday), a tier-year's first day, a purchase id
+    Column("period", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("status IN ('active', 'used', 'revoked', 'expired')", name="entitlements_status"),
     CheckConstraint("remaining_uses IS NULL OR remaining_uses >= 0", name="entitlements_uses"),
     # one event grants a code to a member at most once
     UniqueConstraint("member_id", "code", "source_event_id", name="entitlements_grant_once"),
-    # a member holds at most one active tier-bound benefit per code
+    # one grant per member, code and period, however many replicas, re-runs and replays (NULLs are distinct)
+    UniqueConstraint("member_id", "code", "period", name="entitlements_once_per_period"),
+    # a member holds at most one active tier-bound benefit per code, apart from period-keyed ones
+    # (one care pack per purchase; a tier-year's skin check replaces the last one explicitly)
     Index("entitlements_one_active_per_code", "member_id", "code", unique=True,
-          postgresql_where=text("tier IS NOT NULL AND status = 'active'")),
+          postgresql_where=text("tier IS NOT NULL AND status = 'active' AND period IS NULL")),
     Index("entitlements_active_expiry", "valid_until", postgresql_where=text("status = 'active'")),
 )
 

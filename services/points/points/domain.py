@@ -9,6 +9,9 @@ every change goes through it so that one invariant always holds::
 
 A negative balance (a refund reversed points already spent) is a debt: it is repaid
 out of the next credit before that credit's lot holds anything.
+
+Lots are spent soonest-expiring first (for lots earned under one policy that is the
+oldest first), so a redemption never leaves points to expire that it could have used.
 """
 
 from __future__ import annotations
@@ -18,17 +21,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from shared.policy import DEFAULT_POLICY, Earning, Policy
+from shared.policy import Earning, Policy
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # A purchase keyed in at the till a moment "before" the enrolment (the POS clock runs a little
 # behind ours) is still the new member's first purchase.
 ENROLMENT_CLOCK_SKEW = timedelta(minutes=5)
-
-
-def policy_for(chain_id: str) -> Policy:
-    """The chain's programme. Every chain runs the default programme for now."""
-    return DEFAULT_POLICY
 
 
 # ---- earning ------------------------------------------------------------------------------------
@@ -76,6 +74,28 @@ def expires_on(earned_at: datetime, tz: ZoneInfo, expiry_months: int) -> date:
     """The last day of the month ``expiry_months`` after the month the points were earned in (local)."""
     month = add_months(earned_at.astimezone(tz).date().replace(day=1), expiry_months)
     return month.replace(day=calendar.monthrange(month.year, month.month)[1])
+
+
+def expired_on_arrival(earned_at: datetime, now: datetime, tz: ZoneInfo, expiry_months: int) -> bool:
+    """A credit that reaches us after its lot would have expired (a purchase keyed in 25 months late).
+
+    The choice: such a credit earns no lot at all (the ledger records a zero entry saying why).
+    Awarding it and expiring it at the next run would show the member a balance they cannot
+    spend, publish an earn and an expire for nothing, and let a later refund of the purchase
+    reverse points that were never usable.
+    """
+    return now.astimezone(tz).date() > expires_on(earned_at, tz, expiry_months)
+
+
+def warning_window(now: datetime, tz: ZoneInfo, notice_days: int) -> tuple[date, date]:
+    """(first, last) expiry day of the lots to announce now: not yet expired, expiring within notice."""
+    today = now.astimezone(tz).date()
+    return today, today + timedelta(days=notice_days)
+
+
+def redemption_value_fen(points: int, policy: Policy) -> int:
+    """What redeemed points are worth (100 points = 1 yuan by default), in whole fen."""
+    return points * 100 // policy.redemption_points_per_yuan
 
 
 def available_at(earned_at: datetime, pending_days: int) -> datetime:
@@ -151,8 +171,15 @@ def new_lot(lot_id: str, points: int, earned_at: datetime, policy: Policy, tz: Z
     )
 
 
-def oldest_first(lot: Lot) -> tuple[datetime, str]:
-    return lot.earned_at, lot.lot_id
+def spending_order(lot: Lot) -> tuple[date, datetime, str]:
+    """Soonest-expiring first, then oldest: the order redemptions, reversals and expiry take lots in."""
+    return lot.expires_on, lot.earned_at, lot.lot_id
+
+
+@dataclass(frozen=True)
+class ExpiringGroup:
+    expires_on: date
+    points: int
 
 
 @dataclass
@@ -175,7 +202,7 @@ class Wallet:
         return sum(lot.remaining for lot in self.lots if lot.is_pending(now, self.tz))
 
     def open_lots(self) -> list[Lot]:
-        return sorted((lot for lot in self.lots if lot.remaining > 0), key=oldest_first)
+        return sorted((lot for lot in self.lots if lot.remaining > 0), key=spending_order)
 
     def credit(self, lot: Lot) -> Lot:
         """Add a lot's points; a debt is repaid out of them first."""
@@ -192,13 +219,17 @@ class Wallet:
         The named lot (the refunded purchase's own) goes first, then the oldest lots; what
         the lots cannot cover leaves the balance negative.
         """
-        order = sorted(self.open_lots(), key=lambda lot: lot.lot_id != first_lot_id)  # stable: oldest first
+        order = sorted(self.open_lots(), key=lambda lot: lot.lot_id != first_lot_id)  # stable: spending order
         taken = self._take(order, points)
         self.balance -= points
         return taken
 
     def redeem(self, points: int, now: datetime) -> list[tuple[Lot, int]]:
-        """Spend ``points`` from the oldest available lots; never pending or expired ones."""
+        """Spend ``points`` from the soonest-expiring available lots; never pending or expired ones.
+
+        A lot on its last day is still available; what a redemption takes from it is gone from
+        ``remaining``, so the expiry that follows takes only what is left.
+        """
         if self.balance < 0:
             raise NegativeBalance(self.balance)
         available = self.available(now)
@@ -217,10 +248,19 @@ class Wallet:
         return taken
 
     def expiring_soon(self, now: datetime, notice_days: int) -> list[Lot]:
-        """Open lots that expire within ``notice_days`` (and have not yet expired)."""
-        horizon = now.astimezone(self.tz).date() + timedelta(days=notice_days)
+        """Open lots not yet announced that expire within ``notice_days`` (and have not yet expired)."""
+        today, horizon = warning_window(now, self.tz, notice_days)
         return [lot for lot in self.open_lots()
-                if not lot.expiry_notified and not lot.is_expired(now, self.tz) and lot.expires_on <= horizon]
+                if not lot.expiry_notified and today <= lot.expires_on <= horizon]
+
+    def expiring(self, now: datetime) -> list[ExpiringGroup]:
+        """The points still held, by expiry day, soonest first (lots already expired but not yet
+        taken away by the expiry run are left out: they can no longer be spent)."""
+        by_day: dict[date, int] = {}
+        for lot in self.lots:
+            if lot.remaining > 0 and not lot.is_expired(now, self.tz):
+                by_day[lot.expires_on] = by_day.get(lot.expires_on, 0) + lot.remaining
+        return [ExpiringGroup(day, points) for day, points in sorted(by_day.items())]
 
     def _take(self, lots: list[Lot], points: int) -> list[tuple[Lot, int]]:
         taken: list[tuple[Lot, int]] = []

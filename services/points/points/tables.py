@@ -7,10 +7,13 @@ from sqlalchemy import (
 )
 
 from shared.db import shared_tables
+from shared.policy_store import PolicyStore, policy_table
 
 SCHEMA = "points"
 metadata = MetaData(schema=SCHEMA)
 shared = shared_tables(metadata)
+# each chain's programme versions, copied from tiering's PolicyChanged events
+policies = PolicyStore(policy_table(metadata))
 
 # A projection of MemberEnrolled plus the member's balance. The row is the member's write lock:
 # every change of a member's points locks it FOR UPDATE first, so one member's writes are serial.
@@ -36,11 +39,13 @@ lots = Table(
     Column("qualifying", Boolean, nullable=False),
     Column("purchase_id", Text),
     Column("entry_id", Text, nullable=False),
-    Column("expiry_notified_at", DateTime(timezone=True)),  # PointsExpiringSoon published (once per lot)
+    # PointsExpiringSoon published: set in the transaction that publishes it, so once per lot
+    Column("expiry_notified_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("remaining >= 0 AND remaining <= points", name="lots_remaining_in_range"),
     Index("lots_open", "member_id", "earned_at", postgresql_where=text("remaining > 0")),
     Index("lots_expiring", "expires_on", postgresql_where=text("remaining > 0")),
+    Index("lots_to_warn", "expires_on", postgresql_where=text("remaining > 0 AND expiry_notified_at IS NULL")),
 )
 
 # The ledger: one row per change, ``seq`` orders a member's entries (and the ledger's cursor).

@@ -10,11 +10,12 @@ the progress shown, not the tier.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, case, func, select, text, update
+from sqlalchemy import and_, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
@@ -22,9 +23,9 @@ from shared.events import (
     CloudEvent, MemberEnrolled, PointsChanged, PurchaseRecorded, PurchaseRefunded, TierChanged, TierProgressChanged,
 )
 from shared.policy import Policy
-from shared.problems import NotFound
+from shared.problems import InvalidRequest, NotFound
 
-from . import domain, schemas
+from . import domain, policies, schemas
 from .policies import POLICIES
 from .tables import members, qualifying_facts, tier_history
 
@@ -68,6 +69,23 @@ async def window_totals(uow: UnitOfWork, *, member_id: str, policy: Policy, as_o
                qualifying_facts.c.occurred_at > start,
                qualifying_facts.c.occurred_at <= as_of + MAX_CLOCK_SKEW))).one()
     return max(0, int(row.spend_fen)), max(0, int(row.points))
+
+
+async def trailing_totals(uow: UnitOfWork, *, member_ids: list[str], window_days: int, as_of: datetime,
+                          skew: timedelta = MAX_CLOCK_SKEW) -> dict[str, tuple[int, int]]:
+    """(spend_fen, qualifying points) of many members over the window ending at ``as_of``: one
+    aggregate query for a whole batch (reviews, recalculation), never one per member. Members
+    without facts are absent (they have 0, 0)."""
+    if not member_ids:
+        return {}
+    rows = await uow.execute(
+        select(qualifying_facts.c.member_id, func.sum(qualifying_facts.c.spend_fen).label("spend_fen"),
+               func.sum(qualifying_facts.c.points).label("points"))
+        .where(qualifying_facts.c.member_id.in_(member_ids),
+               qualifying_facts.c.occurred_at > as_of - timedelta(days=window_days),
+               qualifying_facts.c.occurred_at <= as_of + skew)
+        .group_by(qualifying_facts.c.member_id))
+    return {r.member_id: (max(0, int(r.spend_fen)), max(0, int(r.points))) for r in rows}
 
 
 async def _member_for_update(uow: UnitOfWork, *, member_id: str, chain_id: str, policy: Policy,
@@ -123,7 +141,7 @@ async def _upgrade(uow: UnitOfWork, *, member: Any, to_tier: str, policy: Policy
         .returning(*members.c))).one()
     await uow.execute(tier_history.insert().values(
         member_id=member.member_id, from_tier=member.tier, to_tier=to_tier, direction="up", reason="qualified",
-        effective_at=now, policy_version=policy.version))
+        effective_at=now, policy_version=policy.version, review_at=review))
     uow.publish(TierChanged(
         from_tier=member.tier, to_tier=to_tier, direction="up", reason="qualified", policy_version=policy.version,
         effective_at=now, review_at=review, to_tier_name=_tier_name(policy, to_tier),
@@ -131,18 +149,28 @@ async def _upgrade(uow: UnitOfWork, *, member: Any, to_tier: str, policy: Policy
     return changed
 
 
+def publish_progress(uow: UnitOfWork, *, member_id: str, chain_id: str, policy: Policy, tier: str,
+                     spend_fen: int, points: int, review_at: datetime | None) -> None:
+    """The member's counters against the next tier, for the status view."""
+    p = domain.progress(policy, tier, spend_fen, points)
+    uow.publish(TierProgressChanged(
+        tier=tier, tier_name=_tier_name(policy, tier), next_tier=p.next_tier, spend_fen=p.spend_fen,
+        spend_needed_fen=p.spend_needed_fen, points=p.points, points_needed=p.points_needed,
+        review_at=review_at, policy_version=policy.version,
+    ), member_id=member_id, chain_id=chain_id)
+
+
 async def _qualify(uow: UnitOfWork, *, member: Any, policy: Policy, chain_id: str) -> None:
-    """Re-evaluate after a fact: upgrade if the window now reaches a higher tier; publish progress."""
+    """Re-evaluate after a fact: upgrade if the window now reaches a higher tier; publish progress.
+
+    An override that still holds changes nothing here: it is a floor for reviews, and a member
+    who qualifies above it is upgraded like anyone else."""
     spend, points = await window_totals(uow, member_id=member.member_id, policy=policy, as_of=uow.now())
     qualified = domain.qualified_tier(policy, spend, points)
     if domain.is_upgrade(policy, member.tier, qualified):
         member = await _upgrade(uow, member=member, to_tier=qualified, policy=policy, chain_id=chain_id)
-    p = domain.progress(policy, member.tier, spend, points)
-    uow.publish(TierProgressChanged(
-        tier=member.tier, tier_name=_tier_name(policy, member.tier), next_tier=p.next_tier, spend_fen=p.spend_fen,
-        spend_needed_fen=p.spend_needed_fen, points=p.points, points_needed=p.points_needed,
-        review_at=member.review_at, policy_version=policy.version,
-    ), member_id=member.member_id, chain_id=chain_id)
+    publish_progress(uow, member_id=member.member_id, chain_id=chain_id, policy=policy, tier=member.tier,
+                     spend_fen=spend, points=points, review_at=member.review_at)
 
 
 async def _count_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occurred_at: datetime,
@@ -228,3 +256,136 @@ async def member_tier_history(uow: UnitOfWork, *, chain_id: str, member_id: str)
         schemas.TierChangeView(from_tier=r.from_tier, to_tier=r.to_tier, direction=r.direction, reason=r.reason,
                                effective_at=r.effective_at, policy_version=r.policy_version)
         for r in rows])
+
+
+# ---- tier moves of many members (reviews, overrides, recalculation) -----------------------------
+
+
+@dataclass(frozen=True)
+class TierMove:
+    """One member's recorded tier decision: a history row and a TierChanged event."""
+
+    member_id: str
+    from_tier: str
+    to_tier: str
+    reason: str
+    review_at: datetime | None
+    note: str | None = None
+
+
+async def record_moves(uow: UnitOfWork, moves: list[TierMove], *, policy: Policy, chain_id: str,
+                       effective_at: datetime, totals: dict[str, tuple[int, int]]) -> None:
+    """Set the members' tiers and review dates, append history and publish TierChanged (and the new
+    progress) for each move, in the caller's transaction. The caller holds the members' row locks.
+    ``since`` only changes with the tier: a review that keeps the tier keeps its since."""
+    if not moves:
+        return
+    await uow.execute(
+        update(members).where(members.c.member_id == bindparam("m_id"))
+        .values(tier=bindparam("m_tier"), review_at=bindparam("m_review_at"), policy_version=policy.version,
+                updated_at=effective_at,
+                since=case((members.c.tier == bindparam("m_tier"), members.c.since), else_=effective_at)),
+        [{"m_id": m.member_id, "m_tier": m.to_tier, "m_review_at": m.review_at} for m in moves])
+    await uow.execute(tier_history.insert(), [
+        {"member_id": m.member_id, "from_tier": m.from_tier, "to_tier": m.to_tier,
+         "direction": domain.direction(policy, m.from_tier, m.to_tier), "reason": m.reason,
+         "effective_at": effective_at, "policy_version": policy.version, "review_at": m.review_at, "note": m.note}
+        for m in moves])
+    for m in moves:
+        uow.publish(TierChanged(
+            from_tier=m.from_tier, to_tier=m.to_tier, direction=domain.direction(policy, m.from_tier, m.to_tier),
+            reason=m.reason, policy_version=policy.version, effective_at=effective_at,  # type: ignore[arg-type]
+            review_at=m.review_at, to_tier_name=_tier_name(policy, m.to_tier),
+        ), member_id=m.member_id, chain_id=chain_id, time=effective_at)
+        spend, points = totals.get(m.member_id, (0, 0))
+        publish_progress(uow, member_id=m.member_id, chain_id=chain_id, policy=policy, tier=m.to_tier,
+                         spend_fen=spend, points=points, review_at=m.review_at)
+
+
+# ---- overrides ----------------------------------------------------------------------------------
+
+
+def _check_override(policy: Policy, req: schemas.OverrideRequest, now: datetime) -> None:
+    if req.to_tier not in {t.code for t in policy.tiers}:
+        raise InvalidRequest(f"{req.to_tier!r} is not a tier of policy version {policy.version}.", errors=[
+            {"location": ["body", "to_tier"], "message": "unknown tier", "type": "value_error"}])
+    if req.until is not None and req.until <= now:
+        raise InvalidRequest("until must be in the future.", errors=[
+            {"location": ["body", "until"], "message": "must be in the future", "type": "value_error"}])
+
+
+async def override_tier(uow: UnitOfWork, *, chain_id: str, member_id: str,
+                        req: schemas.OverrideRequest) -> schemas.MemberTier:
+    """Set the member's tier at once and hold it as a floor until ``until`` (or the next review).
+
+    The override is a tier change like any other (history row with the operator's reason,
+    TierChanged reason "override", a review cycle starting now). While it holds, qualifying
+    higher still upgrades, and reviews never move the member below it; when it ends, the review
+    run hands the member back to normal evaluation (:func:`domain.review_member`).
+    """
+    policy = await POLICIES.get(uow, chain_id)
+    now = uow.now()
+    _check_override(policy, req, now)
+    member = (await uow.execute(select(members).where(
+        members.c.member_id == member_id, members.c.chain_id == chain_id).with_for_update())).first()
+    if member is None:
+        raise NotFound("No such member.")
+    review = domain.review_at(now, policy.review_months, await chain_timezone(uow, chain_id))
+    spend, points = await window_totals(uow, member_id=member_id, policy=policy, as_of=now)
+    await record_moves(uow, [TierMove(member_id, member.tier, req.to_tier, "override", review, note=req.reason)],
+                       policy=policy, chain_id=chain_id, effective_at=now, totals={member_id: (spend, points)})
+    await uow.execute(update(members).where(members.c.member_id == member_id).values(
+        override_tier=req.to_tier, override_reason=req.reason, override_until=domain.override_end(req.until, review)))
+    return await member_tier(uow, chain_id=chain_id, member_id=member_id)
+
+
+# ---- explain ------------------------------------------------------------------------------------
+
+
+async def _first_seen(uow: UnitOfWork, member: Any) -> datetime:
+    """When the member's tier record starts: enrolment, or the earliest change if that came first."""
+    first_change = await uow.session.scalar(
+        select(func.min(tier_history.c.effective_at)).where(tier_history.c.member_id == member.member_id))
+    return min(t for t in (member.enrolled_at, first_change, member.since) if t is not None)
+
+
+async def _tier_held_at(uow: UnitOfWork, member: Any, as_of: datetime) -> tuple[str, Any]:
+    """(tier held at ``as_of``, the latest history row at or before it, if any)."""
+    h = tier_history
+    last = (await uow.execute(select(h).where(h.c.member_id == member.member_id, h.c.effective_at <= as_of)
+                              .order_by(h.c.effective_at.desc(), h.c.id.desc()).limit(1))).first()
+    if last is not None:
+        return last.to_tier, last
+    following = (await uow.execute(select(h.c.from_tier).where(h.c.member_id == member.member_id)
+                                   .order_by(h.c.effective_at, h.c.id).limit(1))).first()
+    return (following.from_tier if following is not None and following.from_tier else member.tier), None
+
+
+async def explain_tier(uow: UnitOfWork, *, chain_id: str, member_id: str, as_of: datetime) -> schemas.TierExplanation:
+    """Why the member held their tier at ``as_of``: the tier then, the policy version in force, its
+    thresholds, the trailing-window evidence as of then and the last change before it."""
+    member = await _member_in_chain(uow, chain_id=chain_id, member_id=member_id)
+    if as_of < await _first_seen(uow, member):
+        raise InvalidRequest("The member was not enrolled yet at as_of.", errors=[
+            {"location": ["query", "as_of"], "message": "before the member's enrolment", "type": "value_error"}])
+    policy = await policies.policy_in_force(uow, chain_id=chain_id, as_of=as_of)
+    held, last = await _tier_held_at(uow, member, as_of)
+    spend, points = (await trailing_totals(uow, member_ids=[member_id], window_days=policy.qualification_window_days,
+                                           as_of=as_of, skew=timedelta())).get(member_id, (0, 0))
+    review = None
+    if last is not None:
+        review = last.review_at or domain.review_at(last.effective_at, policy.review_months,
+                                                    await chain_timezone(uow, chain_id))
+    return schemas.TierExplanation(
+        member_id=member_id, as_of=as_of, tier=schemas.TierRef(code=held, name=_tier_name(policy, held)),
+        policy_version=policy.version,
+        thresholds=[schemas.Threshold(code=t.code, name=t.name, spend_fen=t.spend_fen, points=t.points)
+                    for t in policy.tiers],
+        evidence=schemas.Evidence(window_start=as_of - timedelta(days=policy.qualification_window_days),
+                                  window_end=as_of, spend_fen=spend, points=points),
+        qualifies_for=domain.qualified_tier(policy, spend, points),
+        last_change=None if last is None else schemas.LastChange(
+            from_tier=last.from_tier, to_tier=last.to_tier, direction=last.direction, reason=last.reason,
+            effective_at=last.effective_at, policy_version=last.policy_version, note=last.note),
+        review_at=review,
+    )

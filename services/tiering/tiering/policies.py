@@ -1,14 +1,17 @@
 """The tier policy as versioned data per chain, and the small cache the hot path reads it through.
 
 A chain's first read stores :data:`shared.policy.DEFAULT_POLICY` as version 1; every
-PUT adds version current+1. Versions are never changed in place, so a cached
-``(chain, version)`` document is valid for ever: the cache only has to notice a
-newer version, which it does with one primary-key lookup every few seconds.
+PUT adds version current+1 and publishes it as ``PolicyChanged`` in the same transaction,
+so the services that keep copies (points, benefits, enrollment) apply it. Versions are never
+changed in place, so a cached ``(chain, version)`` document is valid for ever: the cache only
+has to notice a newer version, which it does with one primary-key lookup every few seconds.
+A PUT moves nobody: members keep their tiers until a review or ``POST /v1/policy/recalculate``.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,8 +19,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from shared.db import UnitOfWork
+from shared.events import PolicyChanged
 from shared.policy import DEFAULT_POLICY, Policy
-from shared.problems import Conflict
+from shared.problems import Conflict, NotFound
 
 from .tables import members, policies
 
@@ -91,11 +95,38 @@ async def store_policy(uow: UnitOfWork, *, chain_id: str, policy: Policy) -> Pol
         raise Conflict(f"Members still hold tiers the new policy drops: {sorted(orphaned)}.",
                        tiers=sorted(orphaned))
     stored = policy.model_copy(update={"version": current.version + 1})
+    now = uow.now()
+    document = stored.model_dump(mode="json")
     try:
         async with uow.session.begin_nested():
             await uow.execute(policies.insert().values(
-                chain_id=chain_id, version=stored.version, document=stored.model_dump(mode="json")))
+                chain_id=chain_id, version=stored.version, document=document, created_at=now))
     except IntegrityError as exc:
         # two PUTs raced for the same version number: the other one won
         raise Conflict("The policy was changed concurrently; read it again and retry.") from exc
+    # same transaction as the new version: consumers get it exactly when it exists
+    uow.publish(PolicyChanged(version=stored.version, policy=document, changed_at=now),
+                member_id=f"chain:{chain_id}", chain_id=chain_id)
     return stored
+
+
+async def policy_version(uow: UnitOfWork, *, chain_id: str, version: int) -> Policy:
+    """One stored version of the chain's policy (versions are immutable)."""
+    await current_policy(uow, chain_id=chain_id)  # a chain that never read its policy has version 1 stored now
+    row = (await uow.execute(select(policies.c.version, policies.c.document).where(
+        policies.c.chain_id == chain_id, policies.c.version == version))).first()
+    if row is None:
+        raise NotFound(f"No policy version {version}.")
+    return _policy(row)
+
+
+async def policy_in_force(uow: UnitOfWork, *, chain_id: str, as_of: datetime) -> Policy:
+    """The version in force at ``as_of``: the newest one created by then. Before the first
+    stored version, that first version (the chain ran it from the start)."""
+    await current_policy(uow, chain_id=chain_id)
+    versions = select(policies.c.version, policies.c.document).where(policies.c.chain_id == chain_id)
+    row = (await uow.execute(versions.where(policies.c.created_at <= as_of)
+                             .order_by(policies.c.version.desc()).limit(1))).first()
+    if row is None:
+        row = (await uow.execute(versions.order_by(policies.c.version).limit(1))).one()
+    return _policy(row)

@@ -212,7 +212,7 @@ def test_a_benefit_past_its_validity_is_expired_cannot_be_redeemed_and_is_swept(
     publish_events(stack.broker.bootstrap, [new_event(ReferralCompleted(
         referrer_id=referrer, referee_id=referee, purchase_id=str(uuid.uuid4()), completed_at=long_ago,
         referral_count=1), member_id=referrer, chain_id=CHAIN)])
-    welcome = eventually(lambda: next(b for b in benefits(api, referee) if b["code"] == "welcome_skin_check"))
+    welcome = eventually(lambda: next((b for b in benefits(api, referee) if b["code"] == "welcome_skin_check"), None))
     assert welcome["status"] == "expired"
     assert "welcome_skin_check" not in active(api, referee)
     assert is_problem(redeem(api, referee, welcome["benefit_id"]), 409)["benefit_status"] == "expired"
