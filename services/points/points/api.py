@@ -13,6 +13,7 @@ from shared.platform import Principal
 from . import handlers, schemas
 
 router = APIRouter(prefix="/v1/members/{member_id}/points", tags=["points"])
+ops_router = APIRouter(prefix="/v1/points", tags=["operations"])
 
 Reader = Annotated[Principal, Depends(require("pos", "app"))]
 AppKey = Annotated[Principal, Depends(require("app"))]
@@ -21,7 +22,12 @@ OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 @router.get("", response_model=schemas.PointsSummary)
 async def points(member_id: str, ctx: CtxDep, principal: Reader) -> schemas.PointsSummary:
-    """The member's balance, available and pending points, and the lots holding them (oldest first)."""
+    """The member's balance, available, pending and expiring points, and the lots holding them.
+
+    Authoritative and as of now: pending points become available when their return window
+    passes, with no event. The enrollment status view's available/pending are copies taken
+    from the member's last PointsChanged, so they are as of the member's last points change.
+    """
     async with ctx.db.unit_of_work() as uow:
         return await handlers.points_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
@@ -36,10 +42,10 @@ async def ledger(member_id: str, ctx: CtxDep, principal: Reader,
                                         limit=limit)
 
 
-@router.post("/redemptions", status_code=201, response_model=schemas.PostedEntry)
+@router.post("/redemptions", status_code=201, response_model=schemas.PostedRedemption)
 async def redeem(member_id: str, body: schemas.RedemptionRequest, ctx: CtxDep, principal: AppKey,
                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Redeem available points (oldest lots first); 409 when they do not cover it or the balance is negative."""
+    """Redeem available points (soonest-expiring lots first); 409 when short or the balance is negative."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
         async def action() -> tuple[int, dict]:
             posted = await handlers.redeem(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
@@ -63,3 +69,19 @@ async def adjust(member_id: str, body: schemas.AdjustmentRequest, ctx: CtxDep, p
         return await idempotent(uow, principal, scope="POST /v1/members/{member_id}/points/adjustments",
                                 key=idempotency_key, body={"member_id": member_id, **body.model_dump(mode="json")},
                                 action=action)
+
+
+@ops_router.post("/expiry/run", response_model=schemas.ExpiryRunResult)
+async def run_expiry(ctx: CtxDep, principal: OpsKey, body: schemas.ExpiryRunRequest | None = None
+                     ) -> schemas.ExpiryRunResult:
+    """Run the expiry pass for the key's chain as of ``as_of`` (default now): announce, then expire (ops)."""
+    run = await handlers.run_expiry(ctx.db, chain_ids=[principal.chain_id], as_of=body.as_of if body else None)
+    return schemas.ExpiryRunResult(warned=run.warned, expired=run.expired, expired_points=run.expired_points,
+                                   as_of=run.as_of)
+
+
+@ops_router.get("/policy", response_model=schemas.PolicyView)
+async def policy(ctx: CtxDep, principal: OpsKey) -> schemas.PolicyView:
+    """The programme version points applies to the key's chain now (ops)."""
+    async with ctx.db.unit_of_work() as uow:
+        return await handlers.policy_view(uow, chain_id=principal.chain_id)

@@ -14,23 +14,26 @@ import binascii
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import Database, UnitOfWork
 from shared.events import (
-    ActivityRecorded, CloudEvent, EntryType, MemberEnrolled, PointsChanged, PointsExpiringSoon, PurchaseRecorded,
-    PurchaseRefunded, ReferralCompleted,
+    ActivityRecorded, CloudEvent, EntryType, ExpiringPoints, MemberEnrolled, PointsChanged, PointsExpiringSoon,
+    PolicyChanged, PurchaseRecorded, PurchaseRefunded, ReferralCompleted,
 )
+from shared.policy import Policy
 from shared.platform import chains
 from shared.problems import Conflict, InvalidRequest, NotFound
 
 from . import domain, schemas
-from .tables import behaviour_months, entries, lots, members, purchase_points, refunds
+from .tables import behaviour_months, entries, lots, members, policies, purchase_points, refunds
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,21 @@ async def _wallet_of(uow: UnitOfWork, member: Any) -> domain.Wallet:
     return domain.Wallet(balance=member.balance, lots=[_lot_of(r) for r in rows], tz=tz)
 
 
+async def _wallets_of(uow: UnitOfWork, locked: list[Any], tz: ZoneInfo) -> dict[str, domain.Wallet]:
+    """The wallets of several locked members of one chain, from one query."""
+    held: dict[str, list[domain.Lot]] = {m.member_id: [] for m in locked}
+    rows = await uow.execute(select(lots).where(lots.c.member_id.in_(list(held)), lots.c.remaining > 0))
+    for r in rows:
+        held[r.member_id].append(_lot_of(r))
+    return {m.member_id: domain.Wallet(balance=m.balance, lots=held[m.member_id], tz=tz) for m in locked}
+
+
+async def policy_of(uow: UnitOfWork, chain_id: str) -> Policy:
+    """The chain's current programme: what tiering last published (the default until then). A change
+    applies to the events processed after it; entries already recorded are never recomputed."""
+    return await policies.current(uow.session, chain_id)
+
+
 async def _wallet_for_event(uow: UnitOfWork, event: CloudEvent, member_id: str) -> tuple[Any, domain.Wallet]:
     """Lock the member an event is about; an unknown member, or one of another chain, is a bad event."""
     member = await _locked_member(uow, member_id)
@@ -100,11 +118,14 @@ async def _wallet_for_request(uow: UnitOfWork, *, chain_id: str, member_id: str)
 
 async def post(uow: UnitOfWork, *, member: Any, wallet: domain.Wallet, delta: int, entry_type: EntryType,
                reason: str, occurred_at: datetime, qualifying: bool, source_event_id: str | None = None,
-               capped: int = 0) -> str:
+               capped: int = 0, as_of: datetime | None = None) -> str:
     """Write the wallet's lot changes, one ledger entry and the new balance; publish PointsChanged.
 
     ``wallet.balance`` is already the balance after ``delta``: the ledger's ``balance``
     column is always the sum of the member's deltas up to and including the entry.
+    PointsChanged carries the member's available, pending and expiring points as of ``as_of``
+    (default now), computed from the wallet already in hand: the status view's copy of them
+    is as of the member's last points change.
     """
     entry_id = str(uuid.uuid4())
     if wallet.created:
@@ -125,10 +146,12 @@ async def post(uow: UnitOfWork, *, member: Any, wallet: domain.Wallet, delta: in
     if delta != 0:
         await uow.execute(update(members).where(members.c.member_id == member.member_id)
                           .values(balance=wallet.balance, updated_at=now))
+        view_at = as_of or now
         uow.publish(PointsChanged(
             entry_id=entry_id, delta=delta, balance=wallet.balance, entry_type=entry_type, reason=reason,
             source_event_id=source_event_id, occurred_at=occurred_at, qualifying=qualifying,
-            available=wallet.available(now), pending=wallet.pending(now),
+            available=wallet.available(view_at), pending=wallet.pending(view_at),
+            expiring=[ExpiringPoints(points=g.points, expires_on=g.expires_on) for g in wallet.expiring(view_at)],
         ), member_id=member.member_id, chain_id=member.chain_id)
     wallet.created.clear()
     wallet.changed.clear()
@@ -145,18 +168,41 @@ async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
     ).on_conflict_do_nothing())
 
 
+def _too_late_to_earn(uow: UnitOfWork, wallet: domain.Wallet, policy: Policy, earned_at: datetime) -> bool:
+    """Decided when the event is processed: a credit whose lot would have expired by now earns none."""
+    return domain.expired_on_arrival(earned_at, uow.now(), wallet.tz, policy.expiry_months)
+
+
+async def _record_not_awarded(uow: UnitOfWork, *, member: Any, wallet: domain.Wallet, policy: Policy, points: int,
+                              earned_at: datetime, what: str, source_event_id: str) -> None:
+    """A credit whose lot would already have expired earns nothing (see domain.expired_on_arrival);
+    a zero ledger entry (no PointsChanged) records what was withheld and why."""
+    lapsed_on = domain.expires_on(earned_at, wallet.tz, policy.expiry_months)
+    await post(uow, member=member, wallet=wallet, delta=0, entry_type="earn",
+               reason=f"{what}: {points} points not awarded, they expired on {lapsed_on} before it arrived",
+               occurred_at=earned_at, qualifying=True, source_event_id=source_event_id)
+
+
 async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PurchaseRecorded = event.data  # type: ignore[assignment]
     member, wallet = await _wallet_for_event(uow, event, d.member_id)
-    policy = domain.policy_for(event.chainid)
+    policy = await policy_of(uow, event.chainid)
     points = domain.purchase_points(d.amount_fen, d.occurred_at, member.enrolled_at, policy.earning)
-    lot_id = str(uuid.uuid4()) if points > 0 else None
+    late = points > 0 and _too_late_to_earn(uow, wallet, policy, d.occurred_at)
+    lot_id = str(uuid.uuid4()) if points > 0 and not late else None
     # what the purchase earned is kept (even 0) so its refunds can be reversed in proportion;
     # the primary key makes a second delivery of the purchase a no-op
     first = (await uow.execute(pg_insert(purchase_points).values(
-        purchase_id=d.purchase_id, member_id=d.member_id, amount_fen=d.amount_fen, earned=points, lot_id=lot_id,
+        purchase_id=d.purchase_id, member_id=d.member_id, amount_fen=d.amount_fen, earned=0 if late else points,
+        lot_id=lot_id,
     ).on_conflict_do_nothing().returning(purchase_points.c.purchase_id))).first()
-    if first is None or lot_id is None:
+    if first is None:
+        return
+    if late:
+        await _record_not_awarded(uow, member=member, wallet=wallet, policy=policy, points=points,
+                                  earned_at=d.occurred_at, what="purchase", source_event_id=event.id)
+        return
+    if lot_id is None:
         return
     wallet.credit(domain.new_lot(lot_id, points, d.occurred_at, policy, wallet.tz, purchase_id=d.purchase_id))
     new_member = domain.in_new_member_window(d.occurred_at, member.enrolled_at, policy.earning)
@@ -167,10 +213,15 @@ async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
 
 async def on_activity_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
     d: ActivityRecorded = event.data  # type: ignore[assignment]
-    policy = domain.policy_for(event.chainid)
+    policy = await policy_of(uow, event.chainid)
     points = domain.behaviour_points(d.kind, policy.earning)
     member, wallet = await _wallet_for_event(uow, event, d.member_id or event.subject)
     if points == 0:
+        return
+    # checked before the cap: points that could never be used do not use up the month's allowance
+    if _too_late_to_earn(uow, wallet, policy, d.occurred_at):
+        await _record_not_awarded(uow, member=member, wallet=wallet, policy=policy, points=points,
+                                  earned_at=d.occurred_at, what=f"activity:{d.kind}", source_event_id=event.id)
         return
     month = domain.local_month(d.occurred_at, wallet.tz)
     key = (behaviour_months.c.member_id == member.member_id, behaviour_months.c.month == month)
@@ -189,10 +240,14 @@ async def on_activity_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
 
 async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: ReferralCompleted = event.data  # type: ignore[assignment]
-    policy = domain.policy_for(event.chainid)
+    policy = await policy_of(uow, event.chainid)
     points = policy.referral.referrer_points
     member, wallet = await _wallet_for_event(uow, event, d.referrer_id)
     if points <= 0:
+        return
+    if _too_late_to_earn(uow, wallet, policy, d.completed_at):
+        await _record_not_awarded(uow, member=member, wallet=wallet, policy=policy, points=points,
+                                  earned_at=d.completed_at, what="referral", source_event_id=event.id)
         return
     wallet.credit(domain.new_lot(str(uuid.uuid4()), points, d.completed_at, policy, wallet.tz))
     await post(uow, member=member, wallet=wallet, delta=points, entry_type="earn", reason="referral",
@@ -226,7 +281,13 @@ async def on_purchase_refunded(event: CloudEvent, uow: UnitOfWork) -> None:
                occurred_at=d.occurred_at, qualifying=True, source_event_id=event.id)
 
 
+async def on_policy_changed(event: CloudEvent, uow: UnitOfWork) -> None:
+    """Keep tiering's new programme version; events processed from now on earn under it."""
+    await policies.on_policy_changed(event, uow)
+
+
 HANDLERS = {
+    PolicyChanged: on_policy_changed,
     MemberEnrolled: on_member_enrolled,
     PurchaseRecorded: on_purchase_recorded,
     ActivityRecorded: on_activity_recorded,
@@ -235,67 +296,97 @@ HANDLERS = {
 }
 
 
-# ---- expiry (a schedule) ------------------------------------------------------------------------
+# ---- expiry (a schedule, and an ops endpoint) ---------------------------------------------------
 
-EXPIRY_BATCH = 1_000
-
-
-async def members_with_points_due(uow: UnitOfWork, *, now: datetime, notice_days: int) -> list[str]:
-    """Members who may have lots to expire or to announce. The bounds use the UTC date plus a day,
-    which covers every time zone ahead of UTC; the wallet then decides in the chain's zone."""
-    soon = now.date() + timedelta(days=1)
-    rows = await uow.execute(
-        select(lots.c.member_id, func.min(lots.c.expires_on).label("first_expiry"))
-        .where(lots.c.remaining > 0, or_(
-            lots.c.expires_on < soon,
-            and_(lots.c.expires_on <= soon + timedelta(days=notice_days), lots.c.expiry_notified_at.is_(None))))
-        .group_by(lots.c.member_id).order_by("first_expiry").limit(EXPIRY_BATCH))
-    return [r.member_id for r in rows]
+EXPIRY_BATCH = 500
 
 
-async def expire_member_points(uow: UnitOfWork, *, member_id: str) -> None:
-    """Announce lots expiring soon (once per lot) and take away expired ones (an ``expire`` entry).
+@dataclass
+class ExpiryRun:
+    """What one expiry pass did: lots announced, lots (and points) taken away, as of when."""
 
-    Safe on several replicas at once: under the member's row lock, an announced lot is marked
-    and an expired lot is emptied, so the second replica finds nothing left to do.
+    as_of: datetime
+    warned: int = 0
+    expired: int = 0
+    expired_points: int = 0
+
+
+async def run_expiry(db: Database, *, chain_ids: Iterable[str], as_of: datetime | None = None) -> ExpiryRun:
+    """Announce the lots expiring soon, then take away the expired ones, as of ``as_of`` (default now).
+
+    Safe on several replicas, and to run again: a lot is announced in the transaction that
+    marks it announced (claimed FOR UPDATE SKIP LOCKED), and an expired lot is emptied under
+    its member's row lock, so neither can happen twice. Only a lot's ``remaining`` expires:
+    what redemptions spent from it is not taken again, and an empty lot is neither announced
+    nor expired. Days are the chain's local days.
     """
-    member = await _locked_member(uow, member_id)
-    if member is None:
-        return
-    wallet = await _wallet_of(uow, member)
-    now = uow.now()
-    policy = domain.policy_for(member.chain_id)
-    soon = wallet.expiring_soon(now, policy.expiring_notice_days)
-    for lot in soon:
-        uow.publish(PointsExpiringSoon(points=lot.remaining, expires_on=lot.expires_on, lot_id=lot.lot_id),
-                    member_id=member.member_id, chain_id=member.chain_id)
-    if soon:
-        await uow.execute(update(lots).where(lots.c.lot_id.in_([lot.lot_id for lot in soon]))
-                          .values(expiry_notified_at=now))
-    expired = sum(n for _, n in wallet.expire(now))
-    if expired:
-        await post(uow, member=member, wallet=wallet, delta=-expired, entry_type="expire", reason="expiry",
-                   occurred_at=now, qualifying=False)
+    run = ExpiryRun(as_of or db.clock.now())
+    for chain_id in chain_ids:
+        while await warn_expiring_lots(db, chain_id=chain_id, run=run) == EXPIRY_BATCH:
+            pass
+        while await expire_lapsed_lots(db, chain_id=chain_id, run=run) == EXPIRY_BATCH:
+            pass
+    return run
 
 
-async def expire_due_points(db: Database) -> int:
-    """One pass of the expiry schedule; each member in its own transaction. Returns members visited."""
+async def warn_expiring_lots(db: Database, *, chain_id: str, run: ExpiryRun) -> int:
+    """Publish PointsExpiringSoon for a batch of the chain's unannounced lots inside the notice window."""
     async with db.unit_of_work() as uow:
-        due = await members_with_points_due(uow, now=uow.now(),
-                                            notice_days=domain.DEFAULT_POLICY.expiring_notice_days)
-    for member_id in due:
-        async with db.unit_of_work() as uow:
-            await expire_member_points(uow, member_id=member_id)
-    return len(due)
+        tz = await timezone_of(uow, chain_id)
+        policy = await policy_of(uow, chain_id)
+        first_day, last_day = domain.warning_window(run.as_of, tz, policy.expiring_notice_days)
+        # SKIP LOCKED: a lot another replica is announcing, or a redemption is changing, is left
+        # for the next run rather than waited for (and announced twice)
+        claimed = (await uow.execute(
+            select(lots.c.lot_id, lots.c.member_id, lots.c.remaining, lots.c.expires_on)
+            .join(members, members.c.member_id == lots.c.member_id)
+            .where(members.c.chain_id == chain_id, lots.c.remaining > 0, lots.c.expiry_notified_at.is_(None),
+                   lots.c.expires_on >= first_day, lots.c.expires_on <= last_day)
+            .order_by(lots.c.expires_on, lots.c.lot_id).limit(EXPIRY_BATCH)
+            .with_for_update(of=lots, skip_locked=True))).all()
+        for lot in claimed:
+            uow.publish(PointsExpiringSoon(points=lot.remaining, expires_on=lot.expires_on, lot_id=lot.lot_id),
+                        member_id=lot.member_id, chain_id=chain_id)
+        if claimed:
+            await uow.execute(update(lots).where(lots.c.lot_id.in_([lot.lot_id for lot in claimed]))
+                              .values(expiry_notified_at=uow.now()))
+    run.warned += len(claimed)
+    return len(claimed)
+
+
+async def expire_lapsed_lots(db: Database, *, chain_id: str, run: ExpiryRun) -> int:
+    """Take away what is left in a batch of members' lots whose expiry day has passed: one ``expire``
+    entry (and PointsChanged) per member. Returns how many members were claimed."""
+    async with db.unit_of_work() as uow:
+        tz = await timezone_of(uow, chain_id)
+        today = run.as_of.astimezone(tz).date()
+        lapsed = select(lots.c.member_id).where(lots.c.remaining > 0, lots.c.expires_on < today)
+        # the member row is every points change's lock: a member busy elsewhere is skipped, not waited
+        # for, and picked up by the next run
+        claimed = (await uow.execute(
+            select(members).where(members.c.chain_id == chain_id, members.c.member_id.in_(lapsed))
+            .order_by(members.c.member_id).limit(EXPIRY_BATCH).with_for_update(skip_locked=True))).all()
+        wallets = await _wallets_of(uow, claimed, tz) if claimed else {}
+        for member in claimed:
+            wallet = wallets[member.member_id]
+            taken = wallet.expire(run.as_of)
+            points = sum(n for _, n in taken)
+            if points:
+                await post(uow, member=member, wallet=wallet, delta=-points, entry_type="expire", reason="expiry",
+                           occurred_at=run.as_of, qualifying=False, as_of=run.as_of)
+            run.expired += len(taken)
+            run.expired_points += points
+    return len(claimed)
 
 
 # ---- commands from the API ----------------------------------------------------------------------
 
 
 async def redeem(uow: UnitOfWork, *, chain_id: str, member_id: str,
-                 req: schemas.RedemptionRequest) -> schemas.PostedEntry:
+                 req: schemas.RedemptionRequest) -> schemas.PostedRedemption:
     """Spend available points, oldest lots first; 409 when they do not cover it or the balance is negative."""
     member, wallet = await _wallet_for_request(uow, chain_id=chain_id, member_id=member_id)
+    policy = await policy_of(uow, chain_id)
     now = uow.now()
     try:
         wallet.redeem(req.points, now)
@@ -305,17 +396,18 @@ async def redeem(uow: UnitOfWork, *, chain_id: str, member_id: str,
         raise Conflict(str(exc), available=exc.available) from exc
     entry_id = await post(uow, member=member, wallet=wallet, delta=-req.points, entry_type="redeem",
                           reason=req.reason, occurred_at=now, qualifying=False)
-    return schemas.PostedEntry(entry_id=entry_id, balance=wallet.balance)
+    return schemas.PostedRedemption(entry_id=entry_id, balance=wallet.balance,
+                                    value_fen=domain.redemption_value_fen(req.points, policy))
 
 
 async def adjust(uow: UnitOfWork, *, chain_id: str, member_id: str,
                  req: schemas.AdjustmentRequest) -> schemas.PostedEntry:
-    """An operator's correction: a credit is a non-qualifying lot available at once; a debit takes
-    the oldest lots and may leave the balance negative."""
+    """An operator's correction: a credit is a non-qualifying lot available at once (repaying any
+    debt first); a debit takes the soonest-expiring lots and may leave the balance negative."""
     member, wallet = await _wallet_for_request(uow, chain_id=chain_id, member_id=member_id)
     now = uow.now()
     if req.delta > 0:
-        policy = domain.policy_for(chain_id)
+        policy = await policy_of(uow, chain_id)
         wallet.credit(domain.new_lot(str(uuid.uuid4()), req.delta, now, policy, wallet.tz,
                                      qualifying=False, pending=False))
     else:
@@ -341,7 +433,13 @@ async def points_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schema
         lots=[schemas.LotView(lot_id=lot.lot_id, remaining=lot.remaining, earned_at=lot.earned_at,
                               expires_on=lot.expires_on, available_at=lot.available_at)
               for lot in wallet.open_lots()],
+        expiring=[schemas.ExpiringView(points=g.points, expires_on=g.expires_on) for g in wallet.expiring(now)],
     )
+
+
+async def policy_view(uow: UnitOfWork, *, chain_id: str) -> schemas.PolicyView:
+    policy = await policy_of(uow, chain_id)
+    return schemas.PolicyView(version=policy.version, policy=policy.model_dump(mode="json"))
 
 
 _CURSOR_PREFIX = "e1:"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.events import EntryType
 
@@ -37,6 +38,26 @@ class PostedEntry(BaseModel):
     balance: int
 
 
+class PostedRedemption(PostedEntry):
+    value_fen: int  # what the points were worth at the chain's redemption rate
+
+
+class ExpiryRunRequest(Strict):
+    as_of: AwareDatetime | None = None  # default: now
+
+
+class ExpiryRunResult(BaseModel):
+    warned: int  # lots announced (one PointsExpiringSoon each)
+    expired: int  # lots whose remaining points were taken away
+    expired_points: int
+    as_of: datetime
+
+
+class PolicyView(BaseModel):
+    version: int
+    policy: dict[str, Any]
+
+
 class LotView(BaseModel):
     lot_id: str
     remaining: int
@@ -45,11 +66,17 @@ class LotView(BaseModel):
     available_at: datetime
 
 
+class ExpiringView(BaseModel):
+    points: int
+    expires_on: date
+
+
 class PointsSummary(BaseModel):
     balance: int
     available: int
     pending: int
     lots: list[LotView]
+    expiring: list[ExpiringView]
 
 
 class LedgerEntry(BaseModel):

@@ -3,19 +3,21 @@
 from shared.api import ServiceContext
 from shared.service import Schedule, ServiceDefinition
 
-from .api import router
-from .handlers import HANDLERS, expire_due_points
+from .api import ops_router, router
+from .handlers import HANDLERS, run_expiry
 from .tables import shared
 
 
 async def expire_points(ctx: ServiceContext) -> None:
-    await expire_due_points(ctx.db)
+    """Every chain's expiry pass as of now (the ops endpoint runs one chain's, as of any instant)."""
+    chains = await ctx.platform.all_chains()
+    await run_expiry(ctx.db, chain_ids=[c.chain_id for c in chains])
 
 
 SERVICE = ServiceDefinition(
     name="points",
     tables=shared,
-    routers=[router],
+    routers=[router, ops_router],
     handlers=HANDLERS,
     schedules=[Schedule(name="expire-points", run=expire_points)],
     description="The points ledger: earning from spend, behaviour and referrals, lots, redemption, reversal, expiry.",

@@ -5,22 +5,84 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.clock import OffsetFileClock
+from points.domain import add_months
 from shared.events import (
-    ActivityRecorded, CloudEvent, MemberEnrolled, PurchaseItem, PurchaseRecorded, PurchaseRefunded, decode, new_event,
+    ActivityRecorded, CloudEvent, MemberEnrolled, PolicyChanged, PurchaseItem, PurchaseRecorded, PurchaseRefunded,
+    decode, new_event,
 )
-from tests.helpers import APP, OPS, POS, Api, eventually, is_problem, publish_events
+from shared.platform import add_api_key, upsert_chain
+from shared.policy import DEFAULT_POLICY
+from tests.helpers import APP, OPS, POS, Api, eventually, is_problem, publish_events, purchase_body
 
 pytestmark = pytest.mark.integration
 
 CHAIN = "demo-chain"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+@dataclass(frozen=True)
+class Chain:
+    chain_id: str
+    key: str  # pos, app and ops
+
+
+@pytest.fixture
+def chain(stack: Any) -> Chain:
+    """A chain of this test's own: expiry runs far in the future and policy changes touch nobody else."""
+    chain_id = f"points-test-{uuid.uuid4().hex[:10]}"
+
+    async def go() -> str:
+        engine = create_async_engine(stack.postgres.url)
+        try:
+            await upsert_chain(engine, chain_id, "Points Test Clinics")
+            return await add_api_key(engine, chain_id, ["pos", "app", "ops"], name="points-test-all")
+        finally:
+            await engine.dispose()
+
+    return Chain(chain_id, asyncio.run(go()))
+
+
+def enrol_in(api: Api, chain: Chain) -> str:
+    r = api.post("enrollment", "/v1/members", {
+        "phone": "139" + str(uuid.uuid4().int)[:8], "name": "测试会员", "birthday": "1990-06-15",
+        "home_clinic_id": "clinic-1", "source": "walk_in", "consents": {"marketing": False, "sms": True}},
+        key=chain.key)
+    assert r.status_code == 201, r.text
+    member_id = r.json()["member_id"]
+    eventually(lambda: api.get("points", f"/v1/members/{member_id}/points", key=chain.key).status_code == 200)
+    return member_id
+
+
+def buy(api: Api, chain: Chain, member_id: str, amount_fen: int, occurred_at: datetime | None = None) -> str:
+    r = api.post("enrollment", "/v1/purchases", purchase_body(member_id, amount_fen, occurred_at=occurred_at),
+                 key=chain.key)
+    assert r.status_code == 202, r.text
+    return r.json()["purchase_id"]
+
+
+def noon_in_shanghai(day: date) -> datetime:
+    return datetime.combine(day, time(12), SHANGHAI)
+
+
+def months_ago(months: int) -> datetime:
+    """Noon (Shanghai) on today's day of the month, ``months`` earlier: earned then, a lot expires at
+    the end of this month when months == 24, and expired last month when months == 25."""
+    return noon_in_shanghai(add_months(datetime.now(SHANGHAI).date(), -months))
+
+
+def run_expiry(api: Api, chain: Chain, as_of: datetime) -> dict[str, Any]:
+    r = api.post("points", "/v1/points/expiry/run", {"as_of": as_of.isoformat()}, key=chain.key)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def points_of(api: Api, member_id: str, key: str = APP) -> dict[str, Any]:
@@ -29,9 +91,9 @@ def points_of(api: Api, member_id: str, key: str = APP) -> dict[str, Any]:
     return r.json()
 
 
-def wait_for_points(api: Api, member_id: str, balance: int) -> dict[str, Any]:
+def wait_for_points(api: Api, member_id: str, balance: int, key: str = APP) -> dict[str, Any]:
     def check() -> dict[str, Any]:
-        doc = points_of(api, member_id)
+        doc = points_of(api, member_id, key)
         assert doc["balance"] == balance, doc
         return doc
 
@@ -42,8 +104,8 @@ def wait_for_member(api: Api, member_id: str) -> None:
     eventually(lambda: api.get("points", f"/v1/members/{member_id}/points", key=APP).status_code == 200)
 
 
-def ledger_of(api: Api, member_id: str, **params: Any) -> dict[str, Any]:
-    r = api.get("points", f"/v1/members/{member_id}/points/ledger", key=APP, params=params)
+def ledger_of(api: Api, member_id: str, key: str = APP, **params: Any) -> dict[str, Any]:
+    r = api.get("points", f"/v1/members/{member_id}/points/ledger", key=key, params=params)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -147,7 +209,7 @@ def test_the_same_idempotency_key_redeems_once(api: Api) -> None:
     first = api.post("points", path, {"points": 200, "reason": "voucher"}, headers=key)
     again = api.post("points", path, {"points": 200, "reason": "voucher"}, headers=key)
     assert first.status_code == again.status_code == 201
-    assert first.json() == again.json() == {"entry_id": first.json()["entry_id"], "balance": 300}
+    assert first.json() == again.json() == {"entry_id": first.json()["entry_id"], "balance": 300, "value_fen": 200}
     is_problem(api.post("points", path, {"points": 100, "reason": "voucher"}, headers=key), 409)
     assert points_of(api, member_id)["balance"] == 300
     assert [e["entry_type"] for e in ledger_of(api, member_id)["items"]] == ["redeem", "adjust"]
@@ -248,25 +310,137 @@ def test_an_activity_of_an_unknown_kind_earns_nothing(stack: Any, api: Api) -> N
     assert [e["reason"] for e in ledger_of(api, member_id)["items"]] == ["activity:survey"]
 
 
-def test_points_are_announced_before_they_expire_and_then_expire(stack: Any, api: Api) -> None:
-    """Last in the file: it moves every process's clock forward (and back again)."""
-    member_id = funded_member(api, 70)
-    [lot] = points_of(api, member_id)["lots"]
+def test_the_expiry_run_announces_a_lot_once_and_expires_it_once(stack: Any, api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    r = api.post("points", f"/v1/members/{member_id}/points/adjustments", {"delta": 70, "reason": "goodwill"},
+                 key=chain.key)
+    assert r.status_code == 201, r.text
+    [lot] = points_of(api, member_id, chain.key)["lots"]
     expires_on = date.fromisoformat(lot["expires_on"])
-    clock = OffsetFileClock(stack.data_dir / "clock-offset")
+    ten_days_before = noon_in_shanghai(expires_on - timedelta(days=10))
+    first, again = run_expiry(api, chain, ten_days_before), run_expiry(api, chain, ten_days_before)
+    assert (first["warned"], first["expired"], again["warned"]) == (1, 0, 0)
+    assert datetime.fromisoformat(first["as_of"]) == ten_days_before
+    last_day = noon_in_shanghai(expires_on)
+    assert run_expiry(api, chain, last_day)["expired"] == 0  # still usable on its last day
+    day_after = noon_in_shanghai(expires_on + timedelta(days=1))
+    expired, again = run_expiry(api, chain, day_after), run_expiry(api, chain, day_after)
+    assert (expired["expired"], expired["expired_points"], again["expired"]) == (1, 70, 0)
+    doc = points_of(api, member_id, chain.key)
+    assert (doc["balance"], doc["lots"], doc["expiring"]) == (0, [], [])
+    assert [(e["entry_type"], e["delta"], e["qualifying"]) for e in ledger_of(api, member_id, chain.key)["items"]] \
+        == [("expire", -70, False), ("adjust", 70, False)]
+    changes = eventually(lambda: (lambda found: found if len(found) == 2 else None)(
+        published_for(stack.broker.bootstrap, member_id)))
+    assert [(c.data.entry_type, c.data.balance, c.data.model_dump(mode="json")["expiring"]) for c in changes] == [
+        ("adjust", 70, [{"points": 70, "expires_on": expires_on.isoformat()}]), ("expire", 0, [])]
+    [notice] = published_for(stack.broker.bootstrap, member_id, "PointsExpiringSoon")  # published before these
+    assert (notice.data.points, notice.data.expires_on, notice.data.lot_id) == (70, expires_on, lot["lot_id"])
+    assert notice.chainid == chain.chain_id
 
-    def move_to(day: date) -> None:
-        clock.set_offset((datetime.combine(day, time(12), ZoneInfo("Asia/Shanghai")) - datetime.now(UTC))
-                         .total_seconds())
 
-    try:
-        move_to(expires_on - timedelta(days=10))
-        [notice] = eventually(lambda: published_for(stack.broker.bootstrap, member_id, "PointsExpiringSoon"))
-        assert (notice.data.points, notice.data.expires_on, notice.data.lot_id) == (70, expires_on, lot["lot_id"])
-        move_to(expires_on + timedelta(days=1))
-        doc = wait_for_points(api, member_id, 0)
-        assert doc["lots"] == []
-        entry = ledger_of(api, member_id)["items"][0]
-        assert (entry["entry_type"], entry["delta"], entry["qualifying"]) == ("expire", -70, False)
-    finally:
-        clock.set_offset(0)
+def test_the_expiry_run_needs_an_ops_key(api: Api) -> None:
+    is_problem(api.post("points", "/v1/points/expiry/run", {}, key=APP), 403)
+    is_problem(api.post("points", "/v1/points/expiry/run", {"as_of": "2030-01-01T00:00:00"}, key=OPS), 422)
+
+
+def test_a_redemption_spends_the_lot_expiring_this_month_first_and_expiry_takes_only_what_is_left(
+        stack: Any, api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    buy(api, chain, member_id, 10_000, occurred_at=months_ago(24))  # keyed in late: 100 points, available
+    doc = wait_for_points(api, member_id, 100, chain.key)
+    [old] = doc["lots"]
+    expires_on = date.fromisoformat(old["expires_on"])
+    assert expires_on.month == datetime.now(SHANGHAI).month and doc["available"] == 100
+    api.post("points", f"/v1/members/{member_id}/points/adjustments", {"delta": 50, "reason": "goodwill"},
+             key=chain.key)
+    r = api.post("points", f"/v1/members/{member_id}/points/redemptions", {"points": 60, "reason": "voucher"},
+                 key=chain.key)
+    assert r.status_code == 201, r.text
+    assert r.json()["balance"] == 90 and r.json()["value_fen"] == 60
+    doc = points_of(api, member_id, chain.key)
+    assert [(lot["lot_id"], lot["remaining"]) for lot in doc["lots"]][0] == (old["lot_id"], 40)
+    assert doc["expiring"][0] == {"points": 40, "expires_on": expires_on.isoformat()}
+    run = run_expiry(api, chain, noon_in_shanghai(expires_on + timedelta(days=1)))
+    assert (run["expired"], run["expired_points"]) == (1, 40)  # the 60 redeemed are not expired again
+    doc = points_of(api, member_id, chain.key)
+    assert (doc["balance"], [lot["remaining"] for lot in doc["lots"]]) == (50, [50])
+    assert [(e["entry_type"], e["delta"]) for e in ledger_of(api, member_id, chain.key)["items"]][0] == \
+        ("expire", -40)
+    # a lot expiring this month is always inside the 30-day notice: the worker's own schedule announced it
+    [notice] = eventually(lambda: published_for(stack.broker.bootstrap, member_id, "PointsExpiringSoon") or None)
+    assert (notice.data.lot_id, notice.data.expires_on) == (old["lot_id"], expires_on)
+    assert notice.data.points in (100, 40)  # what the lot held when the schedule got to it
+
+
+def test_a_fully_redeemed_lot_is_neither_announced_nor_expired(stack: Any, api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    api.post("points", f"/v1/members/{member_id}/points/adjustments", {"delta": 80, "reason": "goodwill"},
+             key=chain.key)
+    [lot] = points_of(api, member_id, chain.key)["lots"]
+    expires_on = date.fromisoformat(lot["expires_on"])
+    r = api.post("points", f"/v1/members/{member_id}/points/redemptions", {"points": 80, "reason": "gift"},
+                 key=chain.key)
+    assert r.status_code == 201, r.text
+    warn = run_expiry(api, chain, noon_in_shanghai(expires_on - timedelta(days=5)))
+    lapse = run_expiry(api, chain, noon_in_shanghai(expires_on + timedelta(days=1)))
+    assert (warn["warned"], lapse["expired"], lapse["expired_points"]) == (0, 0, 0)
+    assert [e["entry_type"] for e in ledger_of(api, member_id, chain.key)["items"]] == ["redeem", "adjust"]
+    eventually(lambda: len(published_for(stack.broker.bootstrap, member_id)) == 2)
+    assert published_for(stack.broker.bootstrap, member_id, "PointsExpiringSoon") == []
+
+
+def test_a_purchase_arriving_after_its_points_would_have_expired_earns_no_lot(api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    buy(api, chain, member_id, 10_000, occurred_at=months_ago(25))
+    [entry] = eventually(lambda: ledger_of(api, member_id, chain.key)["items"] or None)
+    assert (entry["entry_type"], entry["delta"], entry["balance"]) == ("earn", 0, 0)
+    assert "100 points not awarded" in entry["reason"]
+    doc = points_of(api, member_id, chain.key)
+    assert (doc["balance"], doc["lots"]) == (0, [])
+
+
+def test_a_refund_after_redemption_leaves_a_debt_that_blocks_redemption_until_an_adjustment_repays_it(
+        api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    purchase_id = buy(api, chain, member_id, 10_000, occurred_at=datetime.now(UTC) - timedelta(days=10))
+    assert wait_for_points(api, member_id, 100, chain.key)["available"] == 100  # past its return window
+    redeem = f"/v1/members/{member_id}/points/redemptions"
+    assert api.post("points", redeem, {"points": 100, "reason": "voucher"}, key=chain.key).status_code == 201
+    r = api.post("enrollment", f"/v1/purchases/{purchase_id}/refunds",
+                 {"refund_id": "r1", "amount_fen": 10_000, "occurred_at": datetime.now(UTC).isoformat()},
+                 key=chain.key)
+    assert r.status_code == 202, r.text
+    doc = wait_for_points(api, member_id, -100, chain.key)
+    assert (doc["available"], doc["lots"]) == (-100, [])
+    assert is_problem(api.post("points", redeem, {"points": 1, "reason": "x"}, key=chain.key), 409)["balance"] == -100
+    repaid = api.post("points", f"/v1/members/{member_id}/points/adjustments", {"delta": 130, "reason": "repay"},
+                      key=chain.key)
+    assert repaid.status_code == 201 and repaid.json()["balance"] == 30
+    assert [lot["remaining"] for lot in points_of(api, member_id, chain.key)["lots"]] == [30]
+    ok = api.post("points", redeem, {"points": 30, "reason": "x"}, key=chain.key)
+    assert ok.status_code == 201 and ok.json()["balance"] == 0
+
+
+def test_a_policy_change_applies_to_the_next_purchase_and_never_rewrites_recorded_points(
+        stack: Any, api: Api, chain: Chain) -> None:
+    member_id = enrol_in(api, chain)
+    buy(api, chain, member_id, 10_000)
+    wait_for_points(api, member_id, 200, chain.key)  # 新客 double points under the default policy
+    document = DEFAULT_POLICY.model_dump(mode="json")
+    document["earning"].update(points_per_yuan=3, new_member_multiplier=1)
+    publish_events(stack.broker.bootstrap, [new_event(
+        PolicyChanged(version=2, policy=document, changed_at=datetime.now(UTC)),
+        member_id=f"chain:{chain.chain_id}", chain_id=chain.chain_id)])
+
+    def applied() -> bool:
+        r = api.get("points", "/v1/points/policy", key=chain.key)
+        assert r.status_code == 200, r.text
+        return r.json()["version"] == 2 and r.json()["policy"]["earning"]["points_per_yuan"] == 3
+
+    eventually(applied)
+    assert api.get("points", "/v1/points/policy", key=OPS).json()["version"] == 1  # the demo chain is untouched
+    buy(api, chain, member_id, 10_000)
+    doc = wait_for_points(api, member_id, 500, chain.key)
+    assert sorted(lot["remaining"] for lot in doc["lots"]) == [200, 300]
+    assert [e["delta"] for e in ledger_of(api, member_id, chain.key)["items"]] == [300, 200]
