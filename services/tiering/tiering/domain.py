@@ -173,7 +173,8 @@ def simulated_move(current_policy: Policy, proposal: Policy, current: str, propo
     Ranks are the proposal's; a tier the proposal drops keeps its position in the current policy."""
     if current == proposed:
         return "none"
-    from_rank = rank(proposal, current) if current in {t.code for t in proposal.tiers} else rank(current_policy, current)
+    kept = current in {t.code for t in proposal.tiers}
+    from_rank = rank(proposal, current) if kept else rank(current_policy, current)
     to_rank = rank(proposal, proposed)
     return "none" if to_rank == from_rank else "up" if to_rank > from_rank else "down"
 

@@ -239,12 +239,15 @@ async def member_tier(uow: UnitOfWork, *, chain_id: str, member_id: str) -> sche
     policy = await POLICIES.get(uow, chain_id)
     spend, points = await window_totals(uow, member_id=member_id, policy=policy, as_of=uow.now())
     p = domain.progress(policy, member.tier, spend, points)
+    holds = domain.override_holds(member.override_tier, member.override_until, uow.now())
     return schemas.MemberTier(
         code=member.tier, name=_tier_name(policy, member.tier), since=member.since, review_at=member.review_at,
         policy_version=member.policy_version,
         progress=schemas.ProgressView(next_tier=p.next_tier, spend_fen=p.spend_fen,
                                       spend_needed_fen=p.spend_needed_fen, points=p.points,
                                       points_needed=p.points_needed),
+        override=schemas.OverrideView(tier=member.override_tier, reason=member.override_reason,
+                                      until=member.override_until) if holds else None,
     )
 
 
@@ -254,7 +257,8 @@ async def member_tier_history(uow: UnitOfWork, *, chain_id: str, member_id: str)
                              .order_by(tier_history.c.id))
     return schemas.TierHistory(items=[
         schemas.TierChangeView(from_tier=r.from_tier, to_tier=r.to_tier, direction=r.direction, reason=r.reason,
-                               effective_at=r.effective_at, policy_version=r.policy_version)
+                               effective_at=r.effective_at, policy_version=r.policy_version,
+                               review_at=r.review_at, note=r.note)
         for r in rows])
 
 

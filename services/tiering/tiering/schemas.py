@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.policy import Policy
 
@@ -25,6 +25,12 @@ class ProgressView(BaseModel):
     points_needed: int
 
 
+class OverrideView(BaseModel):
+    tier: str
+    reason: str
+    until: datetime  # without an explicit until: the member's next review
+
+
 class MemberTier(BaseModel):
     code: str
     name: str
@@ -32,6 +38,7 @@ class MemberTier(BaseModel):
     review_at: datetime | None
     policy_version: int
     progress: ProgressView
+    override: OverrideView | None = None  # present while an override holds
 
 
 class TierChangeView(BaseModel):
@@ -41,7 +48,127 @@ class TierChangeView(BaseModel):
     reason: str
     effective_at: datetime
     policy_version: int
+    review_at: datetime | None = None
+    note: str | None = None  # an override's reason
 
 
 class TierHistory(BaseModel):
     items: list[TierChangeView]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# ---- reviews ------------------------------------------------------------------------------------
+
+
+class ReviewRunRequest(Strict):
+    as_of: AwareDatetime | None = None
+
+
+class ReviewRun(BaseModel):
+    reviewed: int
+    moved_up: int
+    moved_down: int
+    unchanged: int
+    as_of: datetime
+
+
+# ---- overrides ----------------------------------------------------------------------------------
+
+
+class OverrideRequest(Strict):
+    to_tier: str = Field(min_length=1, max_length=40)
+    reason: str = Field(min_length=1, max_length=500)
+    until: AwareDatetime | None = None  # without it: until the member's next review
+
+
+# ---- policy simulation and recalculation --------------------------------------------------------
+
+
+class SimulateRequest(Strict):
+    policy: Policy
+
+
+class Moves(BaseModel):
+    up: int
+    down: int
+    unchanged: int
+
+
+class BenefitCost(BaseModel):
+    current: int
+    proposed: int
+
+
+class Simulation(BaseModel):
+    current: dict[str, int]
+    proposed: dict[str, int]
+    moves: Moves
+    yearly_benefit_cost_fen: BenefitCost
+    members: int
+    as_of: datetime
+
+
+class RecalculationStarted(BaseModel):
+    job_id: str
+    status: str
+    policy_version: int
+    total: int
+
+
+class Recalculation(BaseModel):
+    job_id: str
+    status: Literal["running", "done", "failed"]
+    policy_version: int
+    total: int
+    processed: int
+    moved: int
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None = None
+
+
+# ---- explain ------------------------------------------------------------------------------------
+
+
+class TierRef(BaseModel):
+    code: str
+    name: str
+
+
+class Threshold(BaseModel):
+    code: str
+    name: str
+    spend_fen: int
+    points: int
+
+
+class Evidence(BaseModel):
+    window_start: datetime
+    window_end: datetime
+    spend_fen: int
+    points: int
+
+
+class LastChange(BaseModel):
+    from_tier: str | None
+    to_tier: str
+    direction: str
+    reason: str
+    effective_at: datetime
+    policy_version: int
+    note: str | None = None
+
+
+class TierExplanation(BaseModel):
+    member_id: str
+    as_of: datetime
+    tier: TierRef
+    policy_version: int
+    thresholds: list[Threshold]
+    evidence: Evidence
+    qualifies_for: str
+    last_change: LastChange | None
+    review_at: datetime | None
