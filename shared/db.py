@@ -107,7 +107,7 @@ class UnitOfWork:
     def publish(self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None) -> CloudEvent:
         event = new_event(
             data, member_id=member_id, chain_id=chain_id,
-            correlation_id=self.correlation_id, causation_id=self.causation_id, time=time,
+            correlation_id=self.correlation_id, causation_id=self.causation_id, time=time or self.now(),
         )
         self.pending.append(event)
         return event
