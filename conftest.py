@@ -1,7 +1,8 @@
 """Session fixtures: the suite starts its own PostgreSQL, broker and services on free ports and
 a temporary data folder, so it runs beside a ``make run``. Unit tests start nothing.
 
-``MEMBERSHIP_TEST_SERVICES=enrollment,points`` limits which services' processes are started.
+A test module marked ``@pytest.mark.services(...)`` gets a stack of just those services (see
+:class:`StackPool`); ``MEMBERSHIP_TEST_SERVICES=enrollment,points`` limits the unmarked ones.
 """
 
 from __future__ import annotations
@@ -26,46 +27,90 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver.close()
 
 
-@pytest.fixture(scope="session")
-def stack(webhook: WebhookReceiver) -> Iterator[Stack]:
-    wanted = tuple(s for s in os.environ.get("MEMBERSHIP_TEST_SERVICES", ",".join(SERVICES)).split(",") if s)
-    data_dir = Path(tempfile.mkdtemp(prefix="membership-test-"))
-    stack = Stack(
-        data_dir=data_dir,
-        pg_port=free_port(),
-        broker_port=free_port(),
-        service_ports={s: free_port() for s in SERVICES},
-        services=wanted,
-        pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
-        env_overrides={
-            "MEMBERSHIP_DEMO_WEBHOOK_URL": webhook.url,
-            "MEMBERSHIP_NOTIFY_SINK_DIR": str(data_dir / "sink"),
-            "MEMBERSHIP_SCHEDULE_INTERVAL_SECONDS": "1",
-            "MEMBERSHIP_NOTIFY_RETRY_BASE_SECONDS": "0.2",
-            "MEMBERSHIP_CONSUMER_RETRY_BACKOFF_SECONDS": "0.05",
-            "MEMBERSHIP_CLOCK_FILE": str(data_dir / "clock-offset"),
-            "MEMBERSHIP_API_KEY_CACHE_SECONDS": "0",
-        },
-    )
-    try:
-        stack.start_infrastructure()
-        stack.start_services()
-        stack.wait_ready(90)
-        yield stack
-    finally:
+class StackPool:
+    """One running stack at a time, for the set of services the current test module needs.
+
+    A module marked ``@pytest.mark.services("enrollment", "points")`` tests those services' consumers
+    on their own; unmarked modules (the end-to-end tests) get all five. Modules of one set are
+    contiguous in a run, so each set starts once.
+    """
+
+    def __init__(self, webhook: WebhookReceiver) -> None:
+        self.webhook = webhook
+        self.current: Stack | None = None
+
+    def get(self, services: tuple[str, ...]) -> Stack:
+        if self.current is not None and self.current.services == services:
+            return self.current
+        self.close()
+        self.current = self._start(services)
+        return self.current
+
+    def _start(self, services: tuple[str, ...]) -> Stack:
+        data_dir = Path(tempfile.mkdtemp(prefix="membership-test-"))
+        stack = Stack(
+            data_dir=data_dir,
+            pg_port=free_port(),
+            broker_port=free_port(),
+            service_ports={s: free_port() for s in SERVICES},
+            services=services,
+            pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+            env_overrides={
+                "MEMBERSHIP_DEMO_WEBHOOK_URL": self.webhook.url,
+                "MEMBERSHIP_NOTIFY_SINK_DIR": str(data_dir / "sink"),
+                "MEMBERSHIP_SCHEDULE_INTERVAL_SECONDS": "1",
+                "MEMBERSHIP_NOTIFY_RETRY_BASE_SECONDS": "0.2",
+                "MEMBERSHIP_CONSUMER_RETRY_BACKOFF_SECONDS": "0.05",
+                "MEMBERSHIP_CLOCK_FILE": str(data_dir / "clock-offset"),
+                "MEMBERSHIP_API_KEY_CACHE_SECONDS": "0",
+            },
+        )
+        try:
+            stack.start_infrastructure()
+            stack.start_services()
+            stack.wait_ready(90)
+        except BaseException:
+            self._stop(stack)
+            raise
+        return stack
+
+    def close(self) -> None:
+        if self.current is not None:
+            self._stop(self.current)
+            self.current = None
+
+    @staticmethod
+    def _stop(stack: Stack) -> None:
         stack.stop()
         if os.environ.get("MEMBERSHIP_KEEP_TEST_DATA") != "1":
             import shutil
 
-            shutil.rmtree(data_dir, ignore_errors=True)
+            shutil.rmtree(stack.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
+def stacks(webhook: WebhookReceiver) -> Iterator[StackPool]:
+    pool = StackPool(webhook)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, stacks: StackPool) -> Stack:
+    marker = request.node.get_closest_marker("services")
+    if marker is not None:
+        services = tuple(marker.args)
+    else:
+        services = tuple(s for s in os.environ.get("MEMBERSHIP_TEST_SERVICES", ",".join(SERVICES)).split(",") if s)
+    return stacks.get(services)
+
+
+@pytest.fixture(scope="module")
 def api(stack: Stack) -> Api:
     return Api({s: stack.url(s) for s in SERVICES})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def other_chain_key(stack: Stack) -> str:
     """A key (all scopes) of a second chain, to show chains are isolated."""
     import asyncio

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import APP, OPS, POS, Api, is_problem, purchase_body
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.services("enrollment")]
 
 
 def test_enrols_a_member_and_masks_the_phone(api: Api) -> None:

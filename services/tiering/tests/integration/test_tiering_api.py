@@ -20,7 +20,9 @@ from shared.policy import DEFAULT_POLICY
 from tests.helpers import APP, OPS, POS, Api, eventually, is_problem, publish_events
 from tiering.domain import review_at
 
-pytestmark = pytest.mark.integration
+# this service's consumers on their own (with enrollment's intake): other services' reactions to the
+# same events would otherwise change what is asserted. The e2e tests run all five together.
+pytestmark = [pytest.mark.integration, pytest.mark.services("enrollment", "tiering")]
 
 CHAIN = "demo-chain"
 OTHER_CHAIN = "tiering-test-chain"
