@@ -8,13 +8,17 @@ and reads a chain's time zone and webhook from ``platform.chains``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "platform"
 SCOPES = ("pos", "app", "ops")
@@ -130,3 +134,24 @@ async def add_api_key(engine: AsyncEngine, chain_id: str, scopes: list[str], *, 
         ).on_conflict_do_update(index_elements=["key_hash"], set_={"chain_id": chain_id, "scopes": scopes,
                                                                     "name": name, "revoked_at": None}))
     return key
+
+
+DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
+_TIMEZONE_CACHE_SECONDS = 60.0
+_timezones: dict[str, tuple[float, ZoneInfo]] = {}
+
+
+async def chain_timezone(session: AsyncSession, chain_id: str) -> ZoneInfo:
+    """The chain's time zone (its days, months, birthdays and quiet hours are local), cached per
+    process for a minute; an unknown chain or zone name falls back to Asia/Shanghai."""
+    hit = _timezones.get(chain_id)
+    if hit and time.monotonic() - hit[0] < _TIMEZONE_CACHE_SECONDS:
+        return hit[1]
+    name = await session.scalar(select(chains.c.timezone).where(chains.c.chain_id == chain_id))
+    try:
+        tz = ZoneInfo(name) if name else DEFAULT_TIMEZONE
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone for chain; using Asia/Shanghai", extra={"chain_id": chain_id})
+        tz = DEFAULT_TIMEZONE
+    _timezones[chain_id] = (time.monotonic(), tz)
+    return tz

@@ -5,6 +5,11 @@ the work and never send one row twice at the same time), sends them, and records
 (sent, retry later, failed) with its NotificationSent/NotificationFailed event in the SAME
 transaction. The row locks are held while sending, hence the short per-attempt timeout.
 
+A marketing notification is checked again when it comes due, against the member's CURRENT
+consents and quiet hours (they may have changed since it was queued, and a retry's backoff may
+land inside the quiet hours): without the marketing consent it fails without being sent; inside
+the quiet hours it is put back, unattempted, until their end.
+
 A send that succeeded but whose commit is lost (the process dies in between) is sent again
 on the next claim: delivery is at-least-once, and receivers deduplicate on the notification id
 (the webhook's ``Idempotency-Key``).
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime, time
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,7 +32,8 @@ from shared.platform import Chain
 
 from . import domain
 from .channels import ATTEMPT_TIMEOUT_SECONDS, DeliveryChannel, Undeliverable, default_channels
-from .tables import contacts, notifications
+from .handlers import zone_named
+from .tables import contacts, notifications, preferences
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +46,16 @@ MAX_ROUNDS_PER_RUN = 10
 class Outcome:
     error: str | None = None
     permanent: bool = False
+    held_until: datetime | None = None  # not attempted: due again then (quiet hours)
 
 
 def _claim_due(now: Any) -> Any:
     n = notifications
     return (
-        select(n, contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents)
-        .select_from(n.outerjoin(contacts, contacts.c.member_id == n.c.member_id))
+        select(n, contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents,
+               preferences.c.quiet_start, preferences.c.quiet_end, preferences.c.locale.label("preferred_locale"))
+        .select_from(n.outerjoin(contacts, contacts.c.member_id == n.c.member_id)
+                     .outerjoin(preferences, preferences.c.member_id == n.c.member_id))
         .where(n.c.status == "pending", n.c.next_attempt_at <= now)
         .order_by(n.c.next_attempt_at)
         .limit(CLAIM_BATCH)
@@ -67,8 +77,31 @@ def _contact(row: Any) -> domain.Contact | None:
                           consents=domain.Consents(**row.consents))
 
 
-async def _attempt(channel: DeliveryChannel, row: Any, chain: Chain | None, slots: asyncio.Semaphore) -> Outcome:
+def _quiet_hours(row: Any) -> domain.QuietHours | None:
+    if row.preferred_locale is None:
+        return domain.DEFAULT_QUIET_HOURS  # no preferences row yet: the defaults
+    if row.quiet_start is None:
+        return None
+    return domain.QuietHours(time.fromisoformat(row.quiet_start), time.fromisoformat(row.quiet_end))
+
+
+def _marketing_gate(row: Any, contact: domain.Contact | None, chain: Chain | None,
+                    now: datetime) -> Outcome | None:
+    """Why a due marketing notification may not go out now (None: it may)."""
+    if not domain.is_marketing(row.kind, bool(row.data.get("marketing"))):
+        return None
+    if contact is None or not contact.consents.marketing:
+        return Outcome("no marketing consent", permanent=True)
+    local_now = now.astimezone(zone_named(chain.timezone if chain else None))
+    held_until = domain.quiet_hours_end(_quiet_hours(row), local_now)
+    return Outcome(held_until=held_until) if held_until is not None else None
+
+
+async def _attempt(channel: DeliveryChannel, row: Any, chain: Chain | None, now: datetime,
+                   slots: asyncio.Semaphore) -> Outcome:
     contact = _contact(row)
+    if (gate := _marketing_gate(row, contact, chain, now)) is not None:
+        return gate
     # consent is checked again at delivery: a member may have withdrawn it since the row was queued
     if row.channel != "webhook" and (contact is None or not domain.channel_allowed(row.channel, contact)):
         return Outcome("no consent or no address for this channel", permanent=True)
@@ -92,13 +125,17 @@ def _event(cls: type, row: Any, attempts: int, error: str | None = None) -> Any:
 async def _record(uow: UnitOfWork, ctx: ServiceContext, rows: list[Any], outcomes: list[Outcome]) -> None:
     now = uow.now()
     n = notifications
-    sent = [r for r, o in zip(rows, outcomes) if o.error is None]
+    sent = [r for r, o in zip(rows, outcomes) if o.error is None and o.held_until is None]
     if sent:
         await uow.execute(update(n).where(n.c.notification_id.in_([r.notification_id for r in sent]))
                           .values(status="sent", attempts=n.c.attempts + 1, sent_at=now, last_error=None))
         for r in sent:
             uow.publish(_event(NotificationSent, r, r.attempts + 1), member_id=r.member_id, chain_id=r.chain_id)
     for r, o in zip(rows, outcomes):
+        if o.held_until is not None:
+            await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
+                              .values(next_attempt_at=o.held_until))
+            continue
         if o.error is None:
             continue
         attempts = r.attempts + 1
@@ -119,12 +156,13 @@ async def _record(uow: UnitOfWork, ctx: ServiceContext, rows: list[Any], outcome
 async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel]) -> int:
     """Claim, send and record one batch; returns how many rows it handled."""
     async with ctx.db.unit_of_work() as uow:
-        rows = (await uow.execute(_claim_due(uow.now()))).all()
+        now = uow.now()
+        rows = (await uow.execute(_claim_due(now))).all()
         if not rows:
             return 0
         chains = {cid: await ctx.platform.chain(cid) for cid in {r.chain_id for r in rows}}
         slots = asyncio.Semaphore(PARALLEL_SENDS)
-        outcomes = await asyncio.gather(*(_attempt(channels[r.channel], r, chains[r.chain_id], slots)
+        outcomes = await asyncio.gather(*(_attempt(channels[r.channel], r, chains[r.chain_id], now, slots)
                                           for r in rows))
         await _record(uow, ctx, rows, list(outcomes))
     return len(rows)

@@ -1,11 +1,19 @@
 """Notify's rules as plain code: which kinds exist, which channels a notification goes to,
 when a failed delivery is tried again, and quiet hours. No I/O here.
+
+Marketing or transactional (SPEC §5): a notification about something the member already has
+or must act on is *transactional* (welcome, tier up/down, expiring points, a completed referral,
+a non-voucher benefit such as priority booking or a skin check) and needs only the consent of
+its channel. A *voucher* is an offer — it invites the member to come and spend — so its
+notification (``voucher_granted``) is *marketing*: it needs the marketing consent as well (a
+member without it gets no row at all, on any channel, and a row whose member withdrew the
+consent before delivery is failed, never sent) and it waits out the member's quiet hours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
 Channel = Literal["webhook", "sms", "email"]
@@ -29,6 +37,7 @@ KINDS: dict[str, Kind] = {k.code: k for k in (
     Kind("tier_up"),
     Kind("tier_down"),
     Kind("benefit_granted"),
+    Kind("voucher_granted", marketing=True),
     Kind("points_expiring"),
     Kind("referral_completed"),
 )}
@@ -47,6 +56,9 @@ class QuietHours:
 
 
 DEFAULT_QUIET_HOURS = QuietHours(time(22, 0), time(8, 0))
+
+#: benefit codes that are vouchers even when the event carries no face value
+VOUCHER_CODES = frozenset({"birthday_voucher", "referral_voucher"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,24 @@ def tier_change_kind(direction: str) -> str | None:
     return {"up": "tier_up", "down": "tier_down"}.get(direction)
 
 
+def is_voucher(code: str, value_fen: int | None) -> bool:
+    """A benefit with a face value, or one of the known voucher codes, is a voucher: an offer."""
+    return value_fen is not None or code in VOUCHER_CODES
+
+
+def last_valid_day(valid_until: datetime | None, tz: tzinfo) -> date | None:
+    """The last local day of a benefit valid until ``valid_until`` (exclusive: a voucher valid until
+    local midnight of 1 July can be used through 30 June)."""
+    if valid_until is None:
+        return None
+    return (valid_until - timedelta(microseconds=1)).astimezone(tz).date()
+
+
+def benefit_granted_kind(code: str, value_fen: int | None) -> str:
+    """``voucher_granted`` (marketing) for a voucher, else ``benefit_granted`` (transactional)."""
+    return "voucher_granted" if is_voucher(code, value_fen) else "benefit_granted"
+
+
 def retry_delay(attempts: int, base_seconds: float) -> timedelta:
     """Exponential backoff after the ``attempts``-th failed attempt: base, 2·base, 4·base, ..."""
     return timedelta(seconds=base_seconds * 2 ** (attempts - 1))
@@ -126,13 +156,27 @@ def after_failure(*, attempts: int, max_attempts: int, base_seconds: float, now:
     return Retry(now + retry_delay(attempts, base_seconds))
 
 
-def earliest_delivery(kind: Kind, quiet_hours: QuietHours | None, local_now: datetime) -> datetime:
-    """When a notification may first go out: now, or for marketing the end of the quiet hours
-    (``local_now`` is aware, in the chain's time zone; the result is in the same zone)."""
-    if not kind.marketing or quiet_hours is None or not quiet_hours.contains(local_now.time()):
-        return local_now
+def quiet_hours_end(quiet_hours: QuietHours | None, local_now: datetime) -> datetime | None:
+    """The end of the quiet hours ``local_now`` is in (the next ``end`` o'clock: later today, or
+    tomorrow for a window past midnight entered before it), or None outside them. ``local_now``
+    is aware, in the chain's time zone; the result is in the same zone."""
+    if quiet_hours is None or not quiet_hours.contains(local_now.time()):
+        return None
     end = local_now.replace(hour=quiet_hours.end.hour, minute=quiet_hours.end.minute, second=0, microsecond=0)
     return end if end > local_now else end + timedelta(days=1)
+
+
+def earliest_delivery(kind: Kind, quiet_hours: QuietHours | None, local_now: datetime) -> datetime:
+    """When a notification may first go out: now, or for marketing the end of the quiet hours."""
+    held_until = quiet_hours_end(quiet_hours, local_now) if kind.marketing else None
+    return held_until or local_now
+
+
+def is_marketing(kind: str, recorded: bool = False) -> bool:
+    """Whether a stored notification of ``kind`` is marketing; a kind no longer known keeps the
+    flag recorded when it was queued."""
+    spec = KINDS.get(kind)
+    return spec.marketing if spec is not None else recorded
 
 
 @dataclass(frozen=True)

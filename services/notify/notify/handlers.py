@@ -3,16 +3,22 @@ commands the API calls. Delivery is in :mod:`notify.delivery`.
 
 Every handler is idempotent by construction: the contact rows are upserts, and notifications
 are inserted ``ON CONFLICT (source_event_id, kind, channel) DO NOTHING``.
+
+A BenefitGranted of a voucher queues the marketing ``voucher_granted`` (only with the member's
+marketing consent; queued inside the member's quiet hours it is held, ``pending`` with
+``next_attempt_at`` at their end); any other benefit the transactional ``benefit_granted``.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import time
+from datetime import time, tzinfo
+from time import monotonic
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,14 +27,19 @@ from shared.db import UnitOfWork
 from shared.events import (
     BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
 )
+from shared.platform import chains
 from shared.problems import NotFound
 
 from . import domain, schemas, templates
 from .tables import contacts, notifications, preferences
 
-# handlers have no chain context; days and quiet hours default to the chain's default zone
+log = logging.getLogger(__name__)
+
+# the platform's default zone: a chain without a (valid) time zone of its own lives here
 DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
 LIST_LIMIT = 200
+_TZ_TTL_SECONDS = 60.0
+_timezones: dict[str, tuple[float, tzinfo]] = {}
 
 Values = Callable[[str], dict[str, Any]]  # locale -> template values
 
@@ -82,13 +93,35 @@ async def recipient_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Rec
     return Recipient(_contact(row), _preferences(row))
 
 
+async def chain_timezone(uow: UnitOfWork, chain_id: str) -> tzinfo:
+    """The chain's time zone (quiet hours and days are local), cached briefly per process: only
+    marketing notifications need it, so transactional ones cost no extra query."""
+    hit = _timezones.get(chain_id)
+    if hit and monotonic() - hit[0] < _TZ_TTL_SECONDS:
+        return hit[1]
+    tz = zone_named(await uow.session.scalar(select(chains.c.timezone).where(chains.c.chain_id == chain_id)))
+    _timezones[chain_id] = (monotonic(), tz)
+    return tz
+
+
+def zone_named(name: str | None) -> tzinfo:
+    """A chain's zone by its name; none or an unknown one is the platform's default."""
+    try:
+        return ZoneInfo(name) if name else DEFAULT_TZ
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone for chain; using the default", extra={"timezone": name})
+        return DEFAULT_TZ
+
+
 # ---- queueing ---------------------------------------------------------------------------------
 
 
 async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str, values: Values,
-                data: dict[str, Any], recipient: Recipient | None = None) -> int:
+                data: dict[str, Any], recipient: Recipient | None = None, tz: tzinfo | None = None) -> int:
     """Queue one notification of ``kind`` per channel the member wants and allows; returns how many.
 
+    A marketing kind needs the marketing consent (else nothing is queued) and, queued inside the
+    member's quiet hours (in ``tz``, the chain's zone), is due at their end instead of now.
     The unique (source_event_id, kind, channel) makes this safe to repeat for the same event.
     """
     chain_id = event.chainid
@@ -101,7 +134,9 @@ async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str
     name = templates.member_name(who.contact.name if who.contact else None, locale)
     title, body = templates.render(kind, locale, {"name": name, **values(locale)})
     now = uow.now()
-    not_before = domain.earliest_delivery(spec, who.preferences.quiet_hours, now.astimezone(DEFAULT_TZ))
+    if spec.marketing and tz is None:
+        tz = await chain_timezone(uow, chain_id)
+    not_before = domain.earliest_delivery(spec, who.preferences.quiet_hours, now.astimezone(tz or DEFAULT_TZ))
     await uow.execute(pg_insert(notifications).values([
         {"notification_id": str(uuid.uuid4()), "member_id": member_id, "chain_id": chain_id, "kind": kind,
          "channel": channel, "locale": locale, "title": title, "body": body,
@@ -159,10 +194,25 @@ async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
 
 async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
     d: BenefitGranted = event.data  # type: ignore[assignment]
+    if domain.benefit_granted_kind(d.code, d.value_fen) == "voucher_granted":
+        await _voucher_granted(event, uow, d)
+        return
     await queue(uow, event, member_id=event.subject, kind="benefit_granted",
                 values=lambda locale: {"code": d.code, "benefit_name": templates.benefit_name(d.code, locale)},
                 data={"benefit_id": d.benefit_id, "code": d.code,
                       "valid_until": d.valid_until.isoformat() if d.valid_until else None})
+
+
+async def _voucher_granted(event: CloudEvent, uow: UnitOfWork, d: BenefitGranted) -> None:
+    """A voucher is an offer: the marketing ``voucher_granted``, stating its value and last day."""
+    tz = await chain_timezone(uow, event.chainid)
+    last_day = domain.last_valid_day(d.valid_until, tz)
+    await queue(uow, event, member_id=event.subject, kind="voucher_granted", tz=tz,
+                values=lambda locale: {"voucher": templates.voucher(d.code, d.value_fen, locale),
+                                       "validity": templates.validity(last_day, locale)},
+                data={"benefit_id": d.benefit_id, "code": d.code, "value_fen": d.value_fen,
+                      "valid_until": d.valid_until.isoformat() if d.valid_until else None,
+                      "last_valid_day": last_day.isoformat() if last_day else None})
 
 
 async def on_points_expiring(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -208,8 +258,13 @@ async def notifications_of(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
     )).all()
     if not rows:
         await _known_member(uow, chain_id=chain_id, member_id=member_id)
-    return schemas.NotificationList(items=[schemas.NotificationView.model_validate(r, from_attributes=True)
-                                           for r in rows])
+    return schemas.NotificationList(items=[_notification_view(r) for r in rows])
+
+
+def _notification_view(row: Any) -> schemas.NotificationView:
+    view = schemas.NotificationView.model_validate(row, from_attributes=True)
+    # only a pending notification has a next attempt (held by quiet hours, or a retry)
+    return view if row.status == "pending" else view.model_copy(update={"next_attempt_at": None})
 
 
 def _preferences_view(member_id: str, p: domain.Preferences) -> schemas.PreferencesView:

@@ -25,6 +25,8 @@ class NotificationView(BaseModel):
     locale: str
     sent_at: datetime | None
     last_error: str | None
+    #: when a pending notification goes out (the end of quiet hours, or a retry); null once sent or failed
+    next_attempt_at: datetime | None
 
 
 class NotificationList(BaseModel):

@@ -2,12 +2,18 @@
 
 Placeholders each kind may use (the handler supplies them, see :data:`PLACEHOLDERS`):
 ``{name}`` the member's name, ``{tier_name}`` a tier's display name, ``{benefit_name}``/``{code}``
-a benefit, ``{points}``/``{expires_on}`` expiring points, ``{referral_count}`` completed referrals.
+a benefit, ``{points}``/``{expires_on}`` expiring points, ``{referral_count}`` completed referrals,
+``{voucher}`` a voucher with its face value ("1000元生日礼券", "1,000-yuan birthday voucher") and
+``{validity}`` its last valid day ("有效期至2025-06-30", "valid until 2025-06-30").
 Display names of tiers and benefits are data too, per locale; an unknown code shows as itself.
+
+``voucher_granted`` is the one *marketing* kind (a voucher is an offer: it needs the marketing
+consent and waits out quiet hours); every other kind is transactional. See :mod:`notify.domain`.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from .domain import DEFAULT_LOCALE
@@ -40,6 +46,13 @@ TEMPLATES: dict[str, dict[str, dict[str, str]]] = {
         "en": {"title": "New benefit: {benefit_name}",
                "body": "{name}, {benefit_name} ({code}) has been added to your account."},
     },
+    # marketing: see the module docstring
+    "voucher_granted": {
+        "zh-CN": {"title": "您有一张礼券待使用",
+                  "body": "{name}，您的{voucher}已到账，{validity}，欢迎到店使用。"},
+        "en": {"title": "A voucher is waiting for you",
+               "body": "{name}, your {voucher} is waiting for you, {validity}."},
+    },
     "points_expiring": {
         "zh-CN": {"title": "{points} 积分即将过期",
                   "body": "{name}，您有 {points} 积分将于 {expires_on} 过期，请及时使用。"},
@@ -61,6 +74,7 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "tier_up": ("name", "tier_name"),
     "tier_down": ("name", "tier_name"),
     "benefit_granted": ("name", "benefit_name", "code"),
+    "voucher_granted": ("name", "voucher", "validity"),
     "points_expiring": ("name", "points", "expires_on"),
     "referral_completed": ("name", "referral_count"),
 }
@@ -86,6 +100,12 @@ BENEFIT_NAMES: dict[str, dict[str, str]] = {
     },
 }
 
+#: vouchers' names inside a sentence (no article: "your 1,000-yuan birthday voucher")
+VOUCHER_NAMES: dict[str, dict[str, str]] = {
+    "zh-CN": {"birthday_voucher": "生日礼券", "referral_voucher": "推荐礼券"},
+    "en": {"birthday_voucher": "birthday voucher", "referral_voucher": "referral voucher"},
+}
+
 DEFAULT_NAME = {"zh-CN": "尊敬的会员", "en": "Member"}
 
 
@@ -96,6 +116,29 @@ def tier_name(code: str, locale: str, fallback: str | None = None) -> str:
 
 def benefit_name(code: str, locale: str) -> str:
     return BENEFIT_NAMES.get(locale, {}).get(code, code)
+
+
+def yuan(fen: int, locale: str) -> str:
+    """A face value in yuan: whole yuan without decimals; thousands grouped in English."""
+    whole, cents = divmod(fen, 100)
+    amount = f"{whole:,}" if locale == "en" else str(whole)
+    return amount if cents == 0 else f"{amount}.{cents:02d}"
+
+
+def voucher(code: str, value_fen: int | None, locale: str) -> str:
+    """"1000元生日礼券" / "1,000-yuan birthday voucher"; without a face value just the name."""
+    name = VOUCHER_NAMES.get(locale, {}).get(code) or benefit_name(code, locale)
+    if value_fen is None:
+        return name
+    amount = yuan(value_fen, locale)
+    return f"{amount}-yuan {name}" if locale == "en" else f"{amount}元{name}"
+
+
+def validity(last_day: date | None, locale: str) -> str:
+    """The last local day a voucher can be used, or that it does not expire."""
+    if locale == "en":
+        return f"valid until {last_day.isoformat()}" if last_day else "with no end date"
+    return f"有效期至{last_day.isoformat()}" if last_day else "长期有效"
 
 
 def member_name(name: str | None, locale: str) -> str:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,7 +28,7 @@ from shared.events import (
     PolicyChanged, PurchaseRecorded, PurchaseRefunded, ReferralCompleted,
 )
 from shared.policy import Policy
-from shared.platform import chains
+from shared.platform import chain_timezone
 from shared.problems import Conflict, InvalidRequest, NotFound
 
 from . import domain, schemas
@@ -48,24 +47,9 @@ class UnknownPurchase(ValueError):
 
 # ---- the member's wallet ------------------------------------------------------------------------
 
-_TZ_TTL_SECONDS = 60.0
-_timezones: dict[str, tuple[float, ZoneInfo]] = {}
-
-
 async def timezone_of(uow: UnitOfWork, chain_id: str) -> ZoneInfo:
-    """The chain's time zone (days and months are local), cached briefly per process."""
-    hit = _timezones.get(chain_id)
-    if hit and time.monotonic() - hit[0] < _TZ_TTL_SECONDS:
-        return hit[1]
-    name = await uow.session.scalar(
-        select(chains.c.timezone).where(chains.c.chain_id == chain_id))
-    try:
-        tz = ZoneInfo(name or domain.DEFAULT_TIMEZONE)
-    except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown time zone for chain; using the default", extra={"chain_id": chain_id})
-        tz = ZoneInfo(domain.DEFAULT_TIMEZONE)
-    _timezones[chain_id] = (time.monotonic(), tz)
-    return tz
+    """The chain's time zone (days and months are local)."""
+    return await chain_timezone(uow.session, chain_id)
 
 
 def _lot_of(row: Any) -> domain.Lot:

@@ -9,16 +9,16 @@ the progress shown, not the tier.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, case, func, select, text, update
+from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
+from shared.platform import chain_timezone as shared_chain_timezone
 from shared.events import (
     CloudEvent, MemberEnrolled, PointsChanged, PurchaseRecorded, PurchaseRefunded, TierChanged, TierProgressChanged,
 )
@@ -32,23 +32,9 @@ from .tables import members, qualifying_facts, tier_history
 # POS clocks run a little ahead: the enrollment API accepts occurred_at up to 5 minutes in the
 # future, and such a fact must count at once rather than at the member's next event.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
-_TIMEZONE_CACHE_SECONDS = 60.0
-_timezones: dict[str, tuple[float, ZoneInfo]] = {}
-
-
 async def chain_timezone(uow: UnitOfWork, chain_id: str) -> ZoneInfo:
-    """The chain's time zone (months of review dates are local months), cached per process."""
-    hit = _timezones.get(chain_id)
-    if hit and time.monotonic() - hit[0] < _TIMEZONE_CACHE_SECONDS:
-        return hit[1]
-    name = await uow.session.scalar(text("SELECT timezone FROM platform.chains WHERE chain_id = :c"),
-                                    {"c": chain_id})
-    try:
-        tz = ZoneInfo(name) if name else domain.DEFAULT_TIMEZONE
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = domain.DEFAULT_TIMEZONE
-    _timezones[chain_id] = (time.monotonic(), tz)
-    return tz
+    """The chain's time zone (months of review dates are local months)."""
+    return await shared_chain_timezone(uow.session, chain_id)
 
 
 # ---- queries ------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ def test_benefits_expiring_points_and_referrals_are_notified(api: Api, stack: St
     referee_id, _ = enrol(api, sms=False)
     delivered(api, member_id, "welcome", {"webhook"})
     publish(stack, member_id,
-            BenefitGranted(benefit_id=str(uuid.uuid4()), code="birthday_voucher", remaining_uses=1),
+            BenefitGranted(benefit_id=str(uuid.uuid4()), code="annual_skin_check", remaining_uses=1),
             PointsExpiringSoon(points=1200, expires_on=date(2026, 3, 31)))
     # enrollment publishes ReferralCompleted under the referee; the message is for the referrer
     publish(stack, referee_id, ReferralCompleted(referrer_id=member_id, referee_id=referee_id,
@@ -209,7 +209,7 @@ def test_benefits_expiring_points_and_referrals_are_notified(api: Api, stack: St
     [benefit] = delivered(api, member_id, "benefit_granted", {"webhook"})
     [expiring] = delivered(api, member_id, "points_expiring", {"webhook"})
     delivered(api, member_id, "referral_completed", {"webhook"})
-    assert benefit["title"] == "您获得了新权益：生日礼券" and expiring["title"] == "1200 积分即将过期"
+    assert benefit["title"] == "您获得了新权益：年度皮肤检测" and expiring["title"] == "1200 积分即将过期"
     assert not notifications(api, referee_id, "referral_completed")
     hooks = {r["json"]["kind"]: r["json"] for r in webhook.for_member(member_id)}
     assert "2026-03-31" in hooks["points_expiring"]["body"] and hooks["points_expiring"]["data"]["points"] == 1200

@@ -10,7 +10,8 @@ from notify import templates
 from notify.domain import KINDS, LOCALES
 
 SAMPLE = {"name": "王女士", "member_no": "M000000042", "tier_name": "银卡会员", "benefit_name": "生日礼券",
-          "code": "birthday_voucher", "points": 1200, "expires_on": "2026-03-31", "referral_count": 3}
+          "code": "birthday_voucher", "points": 1200, "expires_on": "2026-03-31", "referral_count": 3,
+          "voucher": "1000元生日礼券", "validity": "有效期至2026-06-30"}
 
 
 def _placeholders(text: str) -> set[str]:
