@@ -5,8 +5,8 @@ every derived effect (points, tier, benefits) is visible through the other servi
     .venv/bin/python bench/pipeline.py --purchases 20000 --members 200
     .venv/bin/python bench/pipeline.py --target              # a running `make run` (demo keys)
 
-Each member gets N/M purchases of 600 yuan, so every member crosses the 50,000-yuan silver
-threshold. Prints a JSON document and a short table.
+Each member gets N/M purchases of equal amounts adding up to at least 60,000 yuan, so every
+member crosses the 50,000-yuan silver threshold. Prints a JSON document and a short table.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from shared.settings import DEFAULT_PORTS, SERVICES  # noqa: E402
 
 POS = {"Authorization": "Bearer dev-pos-key-0000000000000000"}
 APP = {"Authorization": "Bearer dev-app-key-0000000000000000"}
-AMOUNT_FEN = 60_000
+SILVER_CROSSING_FEN = 6_000_000  # 60,000 yuan per member: above silver's 50,000
 
 
 def pct(values: list[float], q: float) -> float:
@@ -49,8 +50,24 @@ async def enrol(client: httpx.AsyncClient, url: str) -> str:
     return r.json()["member_id"]
 
 
-async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str], n: int, concurrency: int
-                         ) -> list[float]:
+RETRIES = {"transport": 0}
+
+
+async def _post_with_retry(client: httpx.AsyncClient, url: str, body: dict) -> httpx.Response:
+    """A POS retries a purchase whose response it did not get: the same pos_txn_id is idempotent."""
+    for attempt in range(5):
+        try:
+            return await client.post(url, headers=POS, json=body)
+        except httpx.TransportError:
+            RETRIES["transport"] += 1
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str], n: int, concurrency: int,
+                         amount_fen: int) -> list[float]:
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
@@ -63,13 +80,13 @@ async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str]
             except asyncio.QueueEmpty:
                 return
             body = {"pos_txn_id": f"bench-{uuid.uuid4()}", "clinic_id": "clinic-1",
-                    "member_id": members[i % len(members)], "amount_fen": AMOUNT_FEN, "currency": "CNY",
+                    "member_id": members[i % len(members)], "amount_fen": amount_fen, "currency": "CNY",
                     "occurred_at": datetime.now(UTC).isoformat(),
-                    "items": [{"sku": "s", "category": "c", "amount_fen": AMOUNT_FEN, "qty": 1}]}
+                    "items": [{"sku": "s", "category": "c", "amount_fen": amount_fen, "qty": 1}]}
             started = time.perf_counter()
-            r = await client.post(f"{url}/v1/purchases", headers=POS, json=body)
+            r = await _post_with_retry(client, f"{url}/v1/purchases", body)
             latencies.append(time.perf_counter() - started)
-            if r.status_code != 202:
+            if r.status_code not in (200, 202):
                 raise RuntimeError(f"purchase failed: {r.status_code} {r.text}")
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -84,6 +101,12 @@ async def wait_effects(client: httpx.AsyncClient, urls: dict[str, str], expected
     todo = {"points": set(expected), "tier": set(expected), "benefits": set(expected)}
 
     async def check(kind: str, m: str) -> bool:
+        try:
+            return await _check(kind, m)
+        except httpx.TransportError:
+            return False  # a keep-alive connection closed under us: ask again next round
+
+    async def _check(kind: str, m: str) -> bool:
         if kind == "points":
             r = await client.get(f"{urls['points']}/v1/members/{m}/points", headers=APP)
             return r.status_code == 200 and r.json()["balance"] == expected[m]
@@ -113,17 +136,19 @@ async def run(urls: dict[str, str], n: int, m: int, concurrency: int, timeout: f
     limits = httpx.Limits(max_connections=concurrency + 20, max_keepalive_connections=concurrency + 20)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         members = await asyncio.gather(*(enrol(client, urls["enrollment"]) for _ in range(m)))
+        per_member_count = -(-n // m)
+        amount_fen = -(-SILVER_CROSSING_FEN // per_member_count // 100) * 100  # whole yuan
         per_member = {mid: 0 for mid in members}
         for i in range(n):
-            per_member[members[i % m]] += AMOUNT_FEN // 100 * 2  # double points in the first 30 days
+            per_member[members[i % m]] += amount_fen // 100 * 2  # double points in the first 30 days
         await asyncio.sleep(2)  # let enrolment effects settle so the timing is the purchases'
         started = time.perf_counter()
-        latencies = await post_purchases(client, urls["enrollment"], list(members), n, concurrency)
+        latencies = await post_purchases(client, urls["enrollment"], list(members), n, concurrency, amount_fen)
         posted = time.perf_counter()
         done = await wait_effects(client, urls, per_member, timeout)
     finished = max(done.values())
     return {
-        "purchases": n, "members": m, "concurrency": concurrency,
+        "purchases": n, "members": m, "concurrency": concurrency, "amount_fen": amount_fen,
         "post_seconds": round(posted - started, 2),
         "post_throughput_per_s": round(n / (posted - started), 1),
         "post_latency_ms": {"p50": round(pct(latencies, 0.5) * 1000, 1), "p99": round(pct(latencies, 0.99) * 1000, 1),
@@ -132,7 +157,26 @@ async def run(urls: dict[str, str], n: int, m: int, concurrency: int, timeout: f
         "drain_after_last_post_seconds": round(finished - posted, 2),
         "effects_complete_at_seconds": {k: round(v - started, 2) for k, v in done.items()},
         "pipeline_events_per_s": round(n / (finished - started), 1),
+        "client_retries": RETRIES["transport"],
     }
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time (user + system) of each process of the stack so far, PostgreSQL's backends included."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+        except (FileNotFoundError, IndexError, ValueError):
+            return 0.0
+
+    out = {name: of(p.pid) for name, p in stack.procs.items()}
+    out["broker"] = of(stack.broker.proc.pid) if stack.broker and stack.broker.proc else 0.0
+    out["postgres"] = of(stack.postgres.proc.pid) if stack.postgres and stack.postgres.proc else 0.0
+    out["bench-client"] = of(os.getpid())
+    return out
 
 
 def main() -> None:
@@ -157,7 +201,12 @@ def main() -> None:
         stack.wait_ready(120)
         urls = {s: stack.url(s) for s in SERVICES}
     try:
+        before = cpu_seconds(stack) if stack else {}
         result = asyncio.run(run(urls, args.purchases, args.members, args.concurrency, args.timeout))
+        if stack:
+            after = cpu_seconds(stack)
+            result["cpu_seconds"] = {k: round(after[k] - before.get(k, 0), 1) for k in sorted(after, key=after.get,
+                                                                                              reverse=True)}
     finally:
         if stack:
             stack.stop()
