@@ -100,15 +100,28 @@ class UnitOfWork:
     correlation_id: str | None = None
     causation_id: str | None = None
     pending: list[CloudEvent] = field(default_factory=list)
+    #: per-transaction memo for handlers: what an earlier event of the same batch already locked and
+    #: loaded (a member's wallet, say) is reused instead of read again; it dies with the transaction
+    memo: dict[Any, Any] = field(default_factory=dict)
+    _replaceable: dict[Any, int] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
 
-    def publish(self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None) -> CloudEvent:
+    def publish(self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None,
+                replaces: Any = None) -> CloudEvent:
+        """Record an event for the outbox. ``replaces``: a key for snapshot events (the latest state
+        of something, like a member's progress); a later event with the same key in the same
+        transaction takes the earlier one's place, so a batch publishes one snapshot per key."""
         event = new_event(
             data, member_id=member_id, chain_id=chain_id,
             correlation_id=self.correlation_id, causation_id=self.causation_id, time=time or self.now(),
         )
+        if replaces is not None and replaces in self._replaceable:
+            index = self._replaceable.pop(replaces)
+            self.pending[index] = None  # type: ignore[call-overload]  # dropped at flush, order kept
+        if replaces is not None:
+            self._replaceable[replaces] = len(self.pending)
         self.pending.append(event)
         return event
 
@@ -116,6 +129,8 @@ class UnitOfWork:
         return await self.session.execute(statement, params)
 
     async def flush_outbox(self) -> None:
+        self.pending = [e for e in self.pending if e is not None]
+        self._replaceable.clear()
         if not self.pending:
             return
         rows = [

@@ -58,7 +58,10 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     # a shorter expiry than the default 24 months, so the warning falls inside the year
     policy = api.get("tiering", "/v1/policy", key=OPS).json()
     policy["expiry_months"] = 6
-    assert api.put("tiering", "/v1/policy", policy, key=OPS).status_code == 200
+    put = api.put("tiering", "/v1/policy", policy, key=OPS)
+    assert put.status_code == 200
+    # PolicyChanged reaches points on its own topic: wait until points applies it before buying
+    eventually(lambda: api.get("points", "/v1/points/policy", key=OPS).json()["version"] == put.json()["version"])
 
     local_start = start.astimezone(SHANGHAI).date()
     birth_month = _month_after(local_start, 3)

@@ -103,3 +103,23 @@ def test_a_well_formed_event_of_an_unknown_type_is_told_apart_from_poison() -> N
     with pytest.raises(UndecodableEvent) as garbage:
         decode(b'{"type": "BenefitExpired"}')
     assert not isinstance(garbage.value, UnknownEventType)
+
+
+async def test_a_snapshot_event_replaces_the_earlier_one_of_its_key_in_the_same_unit_of_work() -> None:
+    from shared.clock import SystemClock
+    from shared.db import UnitOfWork
+    from shared.events import TierProgressChanged
+
+    uow = UnitOfWork(session=None, tables=None, clock=SystemClock(), shards=12)  # type: ignore[arg-type]
+
+    def progress(spend: int) -> TierProgressChanged:
+        return TierProgressChanged(tier="member", next_tier="silver", spend_fen=spend, spend_needed_fen=0,
+                                   points=0, points_needed=0, policy_version=1)
+
+    uow.publish(progress(1), member_id="m1", chain_id="c", replaces=("progress", "m1"))
+    other = uow.publish(progress(5), member_id="m2", chain_id="c", replaces=("progress", "m2"))
+    plain = uow.publish(PointsChanged(entry_id="e", delta=1, balance=1, entry_type="earn", reason="r"),
+                        member_id="m1", chain_id="c")
+    last = uow.publish(progress(2), member_id="m1", chain_id="c", replaces=("progress", "m1"))
+    kept = [e for e in uow.pending if e is not None]
+    assert kept == [other, plain, last]

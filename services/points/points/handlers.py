@@ -85,11 +85,21 @@ async def policy_of(uow: UnitOfWork, chain_id: str) -> Policy:
 
 
 async def _wallet_for_event(uow: UnitOfWork, event: CloudEvent, member_id: str) -> tuple[Any, domain.Wallet]:
-    """Lock the member an event is about; an unknown member, or one of another chain, is a bad event."""
-    member = await _locked_member(uow, member_id)
-    if member is None or member.chain_id != event.chainid:
+    """Lock the member an event is about; an unknown member, or one of another chain, is a bad event.
+
+    The locked member and wallet are kept in the unit of work's memo: the next event of the same
+    member in the batch (the same transaction, so the lock is still held) reuses them."""
+    held = uow.memo.get(("wallet", member_id))
+    if held is None:
+        member = await _locked_member(uow, member_id)
+        if member is None or member.chain_id != event.chainid:
+            raise UnknownMember(
+                f"{event.type} {event.id} names member {member_id}, unknown in chain {event.chainid}")
+        held = uow.memo[("wallet", member_id)] = (member, await _wallet_of(uow, member))
+    member, wallet = held
+    if member.chain_id != event.chainid:
         raise UnknownMember(f"{event.type} {event.id} names member {member_id}, unknown in chain {event.chainid}")
-    return member, await _wallet_of(uow, member)
+    return member, wallet
 
 
 async def _wallet_for_request(uow: UnitOfWork, *, chain_id: str, member_id: str) -> tuple[Any, domain.Wallet]:

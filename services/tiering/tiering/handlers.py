@@ -143,7 +143,7 @@ def publish_progress(uow: UnitOfWork, *, member_id: str, chain_id: str, policy: 
         tier=tier, tier_name=_tier_name(policy, tier), next_tier=p.next_tier, spend_fen=p.spend_fen,
         spend_needed_fen=p.spend_needed_fen, points=p.points, points_needed=p.points_needed,
         review_at=review_at, policy_version=policy.version,
-    ), member_id=member_id, chain_id=chain_id)
+    ), member_id=member_id, chain_id=chain_id, replaces=("progress", member_id))  # one snapshot per batch
 
 
 async def _qualify(uow: UnitOfWork, *, member: Any, policy: Policy, chain_id: str) -> None:
