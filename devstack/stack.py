@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -75,6 +76,27 @@ class Stack:
 
         asyncio.run(ensure_topics(self.settings()))
         subprocess.run([sys.executable, "-m", "shared.migrate", "--seed-demo"], env=self.env, check=True)
+        asyncio.run(self._replay_into_new_broker())
+
+    async def _replay_into_new_broker(self) -> None:
+        """The broker keeps everything in memory: what the previous one held is gone. Mark every
+        outbox row published since that broker started as unpublished again, so the relays publish
+        it anew; the consumers' inboxes make the events already applied no-ops. Nothing a consumer
+        had not read yet is lost across a restart of ``make run``."""
+        import asyncpg
+
+        marker = self.data_dir / "broker-epoch"
+        conn = await asyncpg.connect(self.settings().asyncpg_dsn)
+        try:
+            now = await conn.fetchval("SELECT now()")
+            if marker.exists():
+                since = datetime.fromisoformat(marker.read_text().strip())
+                for schema in SERVICES:
+                    await conn.execute(
+                        f"UPDATE {schema}.outbox SET published_at = NULL WHERE published_at >= $1", since)
+            marker.write_text(now.isoformat())
+        finally:
+            await conn.close()
 
     def start_process(self, service: str, role: str) -> subprocess.Popen:
         assert self.log_dir
