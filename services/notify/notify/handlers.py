@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time, tzinfo
-from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,10 +23,10 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
+from shared.platform import chain_timezone as shared_chain_timezone
 from shared.events import (
     BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
 )
-from shared.platform import chains
 from shared.problems import NotFound
 
 from . import domain, schemas, templates
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 # the platform's default zone: a chain without a (valid) time zone of its own lives here
 DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
 LIST_LIMIT = 200
-_TZ_TTL_SECONDS = 60.0
-_timezones: dict[str, tuple[float, tzinfo]] = {}
 
 Values = Callable[[str], dict[str, Any]]  # locale -> template values
 
@@ -94,14 +91,9 @@ async def recipient_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Rec
 
 
 async def chain_timezone(uow: UnitOfWork, chain_id: str) -> tzinfo:
-    """The chain's time zone (quiet hours and days are local), cached briefly per process: only
-    marketing notifications need it, so transactional ones cost no extra query."""
-    hit = _timezones.get(chain_id)
-    if hit and monotonic() - hit[0] < _TZ_TTL_SECONDS:
-        return hit[1]
-    tz = zone_named(await uow.session.scalar(select(chains.c.timezone).where(chains.c.chain_id == chain_id)))
-    _timezones[chain_id] = (monotonic(), tz)
-    return tz
+    """The chain's time zone (quiet hours and days are local); only marketing notifications need it,
+    so transactional ones cost no lookup."""
+    return await shared_chain_timezone(uow.session, chain_id)
 
 
 def zone_named(name: str | None) -> tzinfo:
