@@ -98,6 +98,60 @@ class Stack:
         finally:
             await conn.close()
 
+    def wait_settled(self, timeout: float = 60.0) -> None:
+        """Wait until nothing is in flight: every outbox published and every running worker's consumer
+        group committed up to the end of its topics, seen twice in a row (an applied event may add
+        outbox rows that are then published and consumed in turn)."""
+        asyncio.run(self._wait_settled(timeout))
+
+    async def _wait_settled(self, timeout: float) -> None:
+        import importlib
+
+        import asyncpg
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from shared.events import topic_of
+
+        groups: dict[str, list[str]] = {}
+        for service in self.services:
+            proc = self.procs.get(f"{service}-worker")
+            if proc is None or proc.poll() is not None:
+                continue
+            handlers = importlib.import_module(f"{service}.service").SERVICE.handlers
+            groups[f"membership-{service}"] = sorted({topic_of(cls.publisher) for cls in handlers or ()})
+        conn = await asyncpg.connect(self.settings().asyncpg_dsn)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_rounds = 0
+        try:
+            while quiet_rounds < 2:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the platform did not settle within {timeout}s")
+                unpublished = 0
+                for schema in SERVICES:
+                    unpublished += await conn.fetchval(
+                        f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
+                lagging = 0
+                for group, topics in groups.items():
+                    consumer = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=group,
+                                                enable_auto_commit=False)
+                    await consumer.start()
+                    try:
+                        if any(not consumer.partitions_for_topic(t) for t in topics):
+                            await consumer._client.force_metadata_update()
+                        parts = [TopicPartition(t, p) for t in topics
+                                 for p in (consumer.partitions_for_topic(t) or ())]
+                        ends = await consumer.end_offsets(parts)
+                        for tp in parts:
+                            if ends[tp] > (await consumer.committed(tp) or 0):
+                                lagging += 1
+                    finally:
+                        await consumer.stop()
+                quiet_rounds = quiet_rounds + 1 if unpublished == 0 and lagging == 0 else 0
+                await asyncio.sleep(0.3)
+        finally:
+            await conn.close()
+
     def start_process(self, service: str, role: str) -> subprocess.Popen:
         assert self.log_dir
         name = f"{service}-{role}"

@@ -74,6 +74,7 @@ def _silver_member(api: Api) -> str:
 
 def test_the_same_events_delivered_again_change_nothing(api: Api, stack) -> None:  # noqa: ANN001
     mid = _silver_member(api)
+    stack.wait_settled()  # every notification the member's history causes exists before the snapshot
     before = _snapshot(api, mid)
     # every event of this member on every topic, re-sent with the same ids
     records = []
@@ -84,11 +85,13 @@ def test_the_same_events_delivered_again_change_nothing(api: Api, stack) -> None
     marker = api.enrol()["member_id"]  # a later event on the same topics, to know the re-sent ones were read
     eventually(lambda: api.get("points", f"/v1/members/{marker}/points", key=APP).status_code == 200)
     eventually(lambda: api.get("benefits", f"/v1/members/{marker}/benefits", key=APP).json()["items"])
+    stack.wait_settled()
     assert _snapshot(api, mid) == before
 
 
 def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # noqa: ANN001
     mid = _silver_member(api)
+    stack.wait_settled()  # every notification the member's history causes exists before the snapshot
     before = _snapshot(api, mid)
     for service in ("points", "tiering"):
         stack.stop_process(f"{service}-worker")
@@ -118,6 +121,7 @@ def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # n
     eventually(lambda: api.get("points", f"/v1/members/{marker}/points", key=APP).json()["balance"] == 2_000)
     eventually(lambda: api.get("tiering", f"/v1/members/{marker}/tier", key=APP).json()["progress"][
         "spend_fen"] == 100_000)
+    stack.wait_settled()
     assert _snapshot(api, mid) == before
 
 
