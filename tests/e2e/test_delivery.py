@@ -156,6 +156,9 @@ def test_sigkilled_workers_lose_and_double_count_nothing(api: Api, stack) -> Non
         return True
 
     eventually(settled, timeout=60)
+    # a double count would show up later than the expected balances: check again once nothing is in flight
+    stack.wait_settled()
+    settled()
     for m in members:
         ledger = api.get("points", f"/v1/members/{m}/points/ledger", key=APP, params={"limit": 200}).json()
         assert len(ledger["items"]) == len(amounts) // len(members)
