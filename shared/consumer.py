@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
 Handlers = dict[type[EventData], Handler]
+#: called once per batch, in its transaction, with the events about to be handled: a service
+#: loads (and locks) in a few set-based queries what its handlers would otherwise read one
+#: event at a time, and leaves it in ``uow.memo`` for them
+Prepare = Callable[[list[CloudEvent], UnitOfWork], Awaitable[None]]
 
 TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 
@@ -77,10 +81,12 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class ConsumerRunner:
-    def __init__(self, *, service: str, db: Database, handlers: Handlers, producer: AIOKafkaProducer) -> None:
+    def __init__(self, *, service: str, db: Database, handlers: Handlers, producer: AIOKafkaProducer,
+                 prepare: Prepare | None = None) -> None:
         self.service = service
         self.db = db
         self.handlers = handlers
+        self.prepare = prepare
         self.producer = producer
         self.settings = db.settings
         self.topics = sorted({topic_of(cls.publisher) for cls in handlers})
@@ -169,12 +175,17 @@ class ConsumerRunner:
     async def _apply(self, deliveries: list[Delivery]) -> None:
         async with self.db.unit_of_work() as uow:
             fresh = await self._record_in_inbox(uow, [d.event.id for d in deliveries])  # type: ignore[union-attr]
+            events = []
             for d in deliveries:
                 event = d.event
                 assert event is not None
                 if event.id not in fresh:
                     continue  # applied before: redelivery changes nothing
                 fresh.discard(event.id)  # the same event twice in one batch is applied once
+                events.append(event)
+            if self.prepare is not None and events:
+                await self.prepare(events, uow)
+            for event in events:
                 await self._handle(uow, event)
 
     async def _handle(self, uow: UnitOfWork, event: CloudEvent) -> None:

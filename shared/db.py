@@ -15,9 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, SmallInteger, Table, Text, func, insert, text,
+    BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, SmallInteger, Table, Text, and_, bindparam, func,
+    insert, text, update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.util import find_tables
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from .clock import Clock, SystemClock
@@ -91,6 +95,12 @@ class UnitOfWork:
 
     ``publish`` only records the event; the rows reach the outbox in one insert when
     the unit of work ends, inside the same transaction as everything else.
+
+    ``insert_later`` and ``update_later`` queue row writes the same way: a consumer batch of
+    a thousand events then writes each table in one multi-row statement instead of a
+    thousand round trips. Queued rows are written before any statement run through
+    :meth:`execute` that touches their table, so reads inside the transaction see them;
+    read a table you queue writes for through ``uow.execute``, not ``uow.session``.
     """
 
     session: AsyncSession
@@ -104,6 +114,9 @@ class UnitOfWork:
     #: loaded (a member's wallet, say) is reused instead of read again; it dies with the transaction
     memo: dict[Any, Any] = field(default_factory=dict)
     _replaceable: dict[Any, int] = field(default_factory=dict)
+    #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
+    _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
+    _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -125,8 +138,53 @@ class UnitOfWork:
         self.pending.append(event)
         return event
 
+    @property
+    def queued_tables(self) -> set[Table]:
+        """The tables with queued writes not yet sent to the database."""
+        return set(self._inserts) | {table for table, _ in self._updates}
+
+    def insert_later(self, table: Table, row: dict[str, Any]) -> None:
+        """Queue a row for the table's multi-row insert at the end of the unit of work."""
+        self._inserts.setdefault(table, []).append(row)
+
+    def update_later(self, table: Table, key: dict[str, Any], values: dict[str, Any]) -> None:
+        """Queue ``UPDATE table SET values WHERE key``; later values for the same row replace
+        earlier ones (plain values only: an expression like ``balance + 1`` would not add up)."""
+        self._updates.setdefault((table, tuple(sorted(key.items()))), {}).update(values)
+
     async def execute(self, statement: Any, params: Any = None) -> Any:
+        if self._inserts or self._updates:
+            await self.flush_writes(self._tables_of(statement))
         return await self.session.execute(statement, params)
+
+    @staticmethod
+    def _tables_of(statement: Any) -> set[Table] | None:
+        """The tables a statement reads or writes; None when it can't be told (text), meaning all."""
+        if not isinstance(statement, ClauseElement) or isinstance(statement, TextClause):
+            return None
+        return set(find_tables(statement, include_crud=True, include_joins=True))
+
+    async def flush_writes(self, tables: set[Table] | None = None) -> None:
+        """Write the queued rows (of ``tables`` only, when given): one insert per table, then one
+        executemany update per table and set of columns."""
+        for table in [t for t in self._inserts if tables is None or t in tables]:
+            rows = self._inserts.pop(table)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in rows:
+                by_columns.setdefault(tuple(row), []).append(row)
+            for same in by_columns.values():
+                await self.session.execute(insert(table), same)
+        groups: dict[tuple[Table, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
+        for (table, key), values in list(self._updates.items()):
+            if tables is not None and table not in tables:
+                continue
+            del self._updates[(table, key)]
+            params = {**{f"k_{k}": v for k, v in key}, **{f"v_{c}": v for c, v in values.items()}}
+            groups.setdefault((table, tuple(k for k, _ in key), tuple(values)), []).append(params)
+        for (table, key_columns, value_columns), params in groups.items():
+            stmt = update(table).where(and_(*[table.c[k] == bindparam(f"k_{k}") for k in key_columns])).values(
+                {c: bindparam(f"v_{c}") for c in value_columns})
+            await self.session.execute(stmt, params)
 
     async def flush_outbox(self) -> None:
         self.pending = [e for e in self.pending if e is not None]
@@ -167,6 +225,7 @@ class Database:
             uow = UnitOfWork(session, self.tables, self.clock, self.settings.outbox_shards,
                              correlation_id, causation_id)
             yield uow
+            await uow.flush_writes()
             await uow.flush_outbox()
 
     async def dispose(self) -> None:

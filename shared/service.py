@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI
 
 from .api import ServiceContext, create_service_app
 from .clock import Clock, OffsetFileClock, SystemClock
-from .consumer import ConsumerRunner, Handlers
+from .consumer import ConsumerRunner, Handlers, Prepare
 from .db import Database, ServiceTables
 from .kafka import ensure_topics, make_producer
 from .observability import configure_logging
@@ -47,6 +47,8 @@ class ServiceDefinition:
     routers: list[APIRouter]
     handlers: Handlers
     schedules: list[Schedule] = field(default_factory=list)
+    #: optional batch loader for the handlers (see shared.consumer.Prepare)
+    prepare: Prepare | None = None
     description: str = ""
 
     @property
@@ -90,7 +92,8 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
     await producer.start()
     tasks = [asyncio.create_task(OutboxRelay(ctx.db, producer, defn.schema).run(stop), name="relay")]
     if defn.handlers:
-        runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer)
+        runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer,
+                                prepare=defn.prepare)
         tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
     tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in defn.schedules]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})

@@ -102,6 +102,57 @@ async def _wallet_for_event(uow: UnitOfWork, event: CloudEvent, member_id: str) 
     return member, wallet
 
 
+def _member_of(event: CloudEvent) -> str | None:
+    """The member whose points an event changes (None: it changes no one's)."""
+    d = event.data
+    if isinstance(d, ReferralCompleted):
+        return d.referrer_id
+    if isinstance(d, PurchaseRecorded):
+        return d.member_id
+    if isinstance(d, ActivityRecorded | PurchaseRefunded):
+        return d.member_id or event.subject
+    return None
+
+
+async def prepare(events: list[CloudEvent], uow: UnitOfWork) -> None:
+    """A consumer batch's reads, set-based: lock every member the batch changes (one query, in
+    member order), load their wallets (one query) and which of its purchases already earned (one
+    query). The handlers find them in the memo; a member this batch enrols is loaded on first use."""
+    ids = sorted({m for e in events if (m := _member_of(e)) and ("wallet", m) not in uow.memo})
+    if ids:
+        locked = (await uow.execute(select(members).where(members.c.member_id.in_(ids))
+                                    .order_by(members.c.member_id).with_for_update())).all()
+        held: dict[str, list[domain.Lot]] = {m.member_id: [] for m in locked}
+        if held:
+            for r in await uow.execute(select(lots).where(lots.c.member_id.in_(list(held)), lots.c.remaining > 0)
+                                       .order_by(lots.c.earned_at, lots.c.lot_id)):
+                held[r.member_id].append(_lot_of(r))
+        for m in locked:
+            wallet = domain.Wallet(balance=m.balance, lots=held[m.member_id], tz=await timezone_of(uow, m.chain_id))
+            uow.memo[("wallet", m.member_id)] = (m, wallet)
+    purchases = [e.data.purchase_id for e in events if isinstance(e.data, PurchaseRecorded)]
+    if purchases:
+        earned = set((await uow.execute(select(purchase_points.c.purchase_id).where(
+            purchase_points.c.purchase_id.in_(purchases)))).scalars())
+        uow.memo.update({("purchase earned", pid): pid in earned for pid in purchases})
+
+
+async def _first_earning(uow: UnitOfWork, row: dict[str, Any]) -> bool:
+    """Record what a purchase earned; False when it was recorded before (a second delivery of the
+    purchase under another event id changes nothing). Known from the batch's :func:`prepare`, the
+    row is queued; otherwise the primary key decides."""
+    key = ("purchase earned", row["purchase_id"])
+    if key in uow.memo:
+        if uow.memo[key]:
+            return False
+        uow.memo[key] = True
+        uow.insert_later(purchase_points, row)
+        return True
+    first = (await uow.execute(pg_insert(purchase_points).values(**row).on_conflict_do_nothing()
+                               .returning(purchase_points.c.purchase_id))).first()
+    return first is not None
+
+
 async def _wallet_for_request(uow: UnitOfWork, *, chain_id: str, member_id: str) -> tuple[Any, domain.Wallet]:
     """Lock a member for an API write; another chain's member does not exist (404)."""
     member = await _locked_member(uow, member_id)
@@ -122,24 +173,21 @@ async def post(uow: UnitOfWork, *, member: Any, wallet: domain.Wallet, delta: in
     is as of the member's last points change.
     """
     entry_id = str(uuid.uuid4())
-    if wallet.created:
-        await uow.execute(lots.insert(), [
-            {"lot_id": lot.lot_id, "member_id": member.member_id, "points": lot.points, "remaining": lot.remaining,
-             "earned_at": lot.earned_at, "available_at": lot.available_at, "expires_on": lot.expires_on,
-             "qualifying": lot.qualifying, "purchase_id": lot.purchase_id, "entry_id": entry_id}
-            for lot in wallet.created])
-    if wallet.changed:
-        await uow.execute(
-            update(lots).where(lots.c.lot_id == bindparam("b_lot_id")).values(remaining=bindparam("b_remaining")),
-            [{"b_lot_id": lot.lot_id, "b_remaining": lot.remaining} for lot in wallet.changed.values()])
+    # queued, not executed: a consumer batch writes each table once (see UnitOfWork.insert_later)
+    for lot in wallet.created:
+        uow.insert_later(lots, {
+            "lot_id": lot.lot_id, "member_id": member.member_id, "points": lot.points, "remaining": lot.remaining,
+            "earned_at": lot.earned_at, "available_at": lot.available_at, "expires_on": lot.expires_on,
+            "qualifying": lot.qualifying, "purchase_id": lot.purchase_id, "entry_id": entry_id})
+    for lot in wallet.changed.values():
+        uow.update_later(lots, {"lot_id": lot.lot_id}, {"remaining": lot.remaining})
     now = uow.now()
-    await uow.execute(entries.insert().values(
-        entry_id=entry_id, member_id=member.member_id, chain_id=member.chain_id, delta=delta,
-        balance=wallet.balance, entry_type=entry_type, reason=reason, source_event_id=source_event_id,
-        occurred_at=occurred_at, qualifying=qualifying, capped=capped, created_at=now))
+    uow.insert_later(entries, {
+        "entry_id": entry_id, "member_id": member.member_id, "chain_id": member.chain_id, "delta": delta,
+        "balance": wallet.balance, "entry_type": entry_type, "reason": reason, "source_event_id": source_event_id,
+        "occurred_at": occurred_at, "qualifying": qualifying, "capped": capped, "created_at": now})
     if delta != 0:
-        await uow.execute(update(members).where(members.c.member_id == member.member_id)
-                          .values(balance=wallet.balance, updated_at=now))
+        uow.update_later(members, {"member_id": member.member_id}, {"balance": wallet.balance, "updated_at": now})
         view_at = as_of or now
         uow.publish(PointsChanged(
             entry_id=entry_id, delta=delta, balance=wallet.balance, entry_type=entry_type, reason=reason,
@@ -186,11 +234,9 @@ async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
     lot_id = str(uuid.uuid4()) if points > 0 and not late else None
     # what the purchase earned is kept (even 0) so its refunds can be reversed in proportion;
     # the primary key makes a second delivery of the purchase a no-op
-    first = (await uow.execute(pg_insert(purchase_points).values(
-        purchase_id=d.purchase_id, member_id=d.member_id, amount_fen=d.amount_fen, earned=0 if late else points,
-        lot_id=lot_id,
-    ).on_conflict_do_nothing().returning(purchase_points.c.purchase_id))).first()
-    if first is None:
+    if not await _first_earning(uow, {"purchase_id": d.purchase_id, "member_id": d.member_id,
+                                      "amount_fen": d.amount_fen, "earned": 0 if late else points,
+                                      "lot_id": lot_id}):
         return
     if late:
         await _record_not_awarded(uow, member=member, wallet=wallet, policy=policy, points=points,

@@ -4,7 +4,7 @@ from shared.api import ServiceContext
 from shared.service import Schedule, ServiceDefinition
 
 from .api import ops_router, router
-from .handlers import HANDLERS, run_expiry
+from .handlers import HANDLERS, prepare, run_expiry
 from .tables import shared
 
 
@@ -19,6 +19,7 @@ SERVICE = ServiceDefinition(
     tables=shared,
     routers=[router, ops_router],
     handlers=HANDLERS,
+    prepare=prepare,
     schedules=[Schedule(name="expire-points", run=expire_points)],
     description="The points ledger: earning from spend, behaviour and referrals, lots, redemption, reversal, expiry.",
 )
