@@ -8,7 +8,7 @@ A unit of work is one transaction: the state change and the events it causes
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +101,9 @@ class UnitOfWork:
     thousand round trips. Queued rows are written before any statement run through
     :meth:`execute` that touches their table, so reads inside the transaction see them;
     read a table you queue writes for through ``uow.execute``, not ``uow.session``.
+
+    ``at_commit`` defers work to the end of the unit of work, once per key however many
+    events asked for it: tiering re-evaluates each member once per batch, not once per fact.
     """
 
     session: AsyncSession
@@ -117,6 +120,7 @@ class UnitOfWork:
     #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
     _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
     _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
+    _at_commit: dict[Any, Callable[[UnitOfWork], Awaitable[None]]] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -137,6 +141,16 @@ class UnitOfWork:
             self._replaceable[replaces] = len(self.pending)
         self.pending.append(event)
         return event
+
+    def at_commit(self, key: Any, work: Callable[[UnitOfWork], Awaitable[None]]) -> None:
+        """Run ``work(uow)`` when the unit of work ends, before its writes and events are flushed;
+        asked again with the same key before then, it still runs once."""
+        self._at_commit.setdefault(key, work)
+
+    async def run_at_commit(self) -> None:
+        while self._at_commit:  # deferred work may defer more
+            key = next(iter(self._at_commit))
+            await self._at_commit.pop(key)(self)
 
     @property
     def queued_tables(self) -> set[Table]:
@@ -225,6 +239,7 @@ class Database:
             uow = UnitOfWork(session, self.tables, self.clock, self.settings.outbox_shards,
                              correlation_id, causation_id)
             yield uow
+            await uow.run_at_commit()
             await uow.flush_writes()
             await uow.flush_outbox()
 

@@ -97,13 +97,49 @@ async def _member_for_update(uow: UnitOfWork, *, member_id: str, chain_id: str, 
     return (await uow.execute(stmt)).one()
 
 
+def _fact_member(event: CloudEvent) -> str | None:
+    """The member a consumed event is a qualifying fact of (None: not a fact)."""
+    d = event.data
+    if isinstance(d, PurchaseRecorded):
+        return d.member_id
+    if isinstance(d, PurchaseRefunded):
+        return d.member_id or event.subject
+    if isinstance(d, PointsChanged) and d.qualifying and d.delta != 0:
+        return event.subject
+    return None
+
+
+async def prepare(events: list[CloudEvent], uow: UnitOfWork) -> None:
+    """A consumer batch's reads, set-based: lock the rows of every member the batch has facts of
+    (one query, in member order) and learn which of its facts were stored before (one query)."""
+    facts = [(e, m) for e in events if (m := _fact_member(e))]
+    if not facts:
+        return
+    ids = sorted({m for _, m in facts if ("member", m) not in uow.memo})
+    if ids:
+        for row in await uow.execute(select(members).where(members.c.member_id.in_(ids))
+                                     .order_by(members.c.member_id).with_for_update()):
+            uow.memo[("member", row.member_id)] = row
+    stored = set((await uow.execute(select(qualifying_facts.c.source_event_id).where(
+        qualifying_facts.c.source_event_id.in_([e.id for e, _ in facts])))).scalars())
+    uow.memo.update({("fact", e.id): e.id in stored for e, _ in facts})
+
+
 async def _record_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occurred_at: datetime,
                        spend_fen: int = 0, points: int = 0) -> bool:
-    """Store the fact once per source event; False when it was stored before."""
-    inserted = (await uow.execute(pg_insert(qualifying_facts).values(
-        member_id=member_id, occurred_at=occurred_at, spend_fen=spend_fen, points=points,
-        source_event_id=event.id,
-    ).on_conflict_do_nothing(index_elements=["source_event_id"]).returning(qualifying_facts.c.id))).first()
+    """Store the fact once per source event; False when it was stored before. Known from the
+    batch's :func:`prepare`, the row is queued; otherwise the unique key decides."""
+    row = {"member_id": member_id, "occurred_at": occurred_at, "spend_fen": spend_fen, "points": points,
+           "source_event_id": event.id}
+    key = ("fact", event.id)
+    if key in uow.memo:
+        if uow.memo[key]:
+            return False
+        uow.memo[key] = True
+        uow.insert_later(qualifying_facts, row)
+        return True
+    inserted = (await uow.execute(pg_insert(qualifying_facts).values(**row).on_conflict_do_nothing(
+        index_elements=["source_event_id"]).returning(qualifying_facts.c.id))).first()
     return inserted is not None
 
 
@@ -146,17 +182,38 @@ def publish_progress(uow: UnitOfWork, *, member_id: str, chain_id: str, policy: 
     ), member_id=member_id, chain_id=chain_id, replaces=("progress", member_id))  # one snapshot per batch
 
 
-async def _qualify(uow: UnitOfWork, *, member: Any, policy: Policy, chain_id: str) -> None:
-    """Re-evaluate after a fact: upgrade if the window now reaches a higher tier; publish progress.
+def _qualify_at_commit(uow: UnitOfWork, *, member: Any, chain_id: str) -> None:
+    """Re-evaluate the (locked) member when the unit of work ends: once per batch, however many of
+    its facts the batch holds."""
+    uow.memo[("member", member.member_id)] = member
+    uow.memo.setdefault("qualify", {})[member.member_id] = chain_id
+    uow.at_commit("qualify", _qualify_all)
+
+
+async def _qualify_all(uow: UnitOfWork) -> None:
+    """Upgrade those whose window now reaches a higher tier; publish everyone's progress. The
+    windows of a chain's members come from one aggregate query.
 
     An override that still holds changes nothing here: it is a floor for reviews, and a member
     who qualifies above it is upgraded like anyone else."""
-    spend, points = await window_totals(uow, member_id=member.member_id, policy=policy, as_of=uow.now())
-    qualified = domain.qualified_tier(policy, spend, points)
-    if domain.is_upgrade(policy, member.tier, qualified):
-        member = await _upgrade(uow, member=member, to_tier=qualified, policy=policy, chain_id=chain_id)
-    publish_progress(uow, member_id=member.member_id, chain_id=chain_id, policy=policy, tier=member.tier,
-                     spend_fen=spend, points=points, review_at=member.review_at)
+    todo: dict[str, str] = uow.memo.pop("qualify", {})
+    by_chain: dict[str, list[str]] = {}
+    for member_id, chain_id in todo.items():
+        by_chain.setdefault(chain_id, []).append(member_id)
+    now = uow.now()
+    for chain_id, member_ids in by_chain.items():
+        policy = await POLICIES.get(uow, chain_id)
+        totals = await trailing_totals(uow, member_ids=member_ids, window_days=policy.qualification_window_days,
+                                       as_of=now)
+        for member_id in member_ids:
+            member = uow.memo[("member", member_id)]
+            spend, points = totals.get(member_id, (0, 0))
+            qualified = domain.qualified_tier(policy, spend, points)
+            if domain.is_upgrade(policy, member.tier, qualified):
+                member = uow.memo[("member", member_id)] = await _upgrade(
+                    uow, member=member, to_tier=qualified, policy=policy, chain_id=chain_id)
+            publish_progress(uow, member_id=member_id, chain_id=chain_id, policy=policy, tier=member.tier,
+                             spend_fen=spend, points=points, review_at=member.review_at)
 
 
 async def _count_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occurred_at: datetime,
@@ -164,9 +221,11 @@ async def _count_fact(uow: UnitOfWork, event: CloudEvent, *, member_id: str, occ
     if not await _record_fact(uow, event, member_id=member_id, occurred_at=occurred_at, spend_fen=spend_fen,
                               points=points):
         return  # counted before: nothing changes
-    policy = await POLICIES.get(uow, event.chainid)
-    member = await _member_for_update(uow, member_id=member_id, chain_id=event.chainid, policy=policy)
-    await _qualify(uow, member=member, policy=policy, chain_id=event.chainid)
+    member = uow.memo.get(("member", member_id))
+    if member is None:  # not seen before (a fact ahead of the enrolment), or outside a batch
+        policy = await POLICIES.get(uow, event.chainid)
+        member = await _member_for_update(uow, member_id=member_id, chain_id=event.chainid, policy=policy)
+    _qualify_at_commit(uow, member=member, chain_id=event.chainid)
 
 
 # ---- event handlers -----------------------------------------------------------------------------
@@ -177,7 +236,7 @@ async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
     policy = await POLICIES.get(uow, event.chainid)
     member = await _member_for_update(uow, member_id=d.member_id, chain_id=event.chainid, policy=policy,
                                       enrolled_at=d.enrolled_at)
-    await _qualify(uow, member=member, policy=policy, chain_id=event.chainid)
+    _qualify_at_commit(uow, member=member, chain_id=event.chainid)
 
 
 async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:

@@ -4,7 +4,7 @@ from shared.api import ServiceContext
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
-from .handlers import HANDLERS
+from .handlers import HANDLERS, prepare
 from .recalculation import process_recalculations
 from .reviews import run_due_reviews
 from .tables import shared
@@ -24,6 +24,7 @@ SERVICE = ServiceDefinition(
     tables=shared,
     routers=[router],
     handlers=HANDLERS,
+    prepare=prepare,
     schedules=[
         Schedule("tier-reviews", run_reviews),
         Schedule("policy-recalculations", process_recalculations, interval_seconds=RECALCULATION_POLL_SECONDS),
