@@ -295,23 +295,42 @@ async def _set_status(uow: UnitOfWork, member_id: str, *, insert: dict[str, Any]
         index_elements=["member_id"], set_={**values, "updated_at": func.now()}))
 
 
+def _set_snapshot_at_commit(uow: UnitOfWork, member_id: str, **docs: Any) -> None:
+    """Points, tier and progress are snapshots: the newest of a batch replaces the rest (one member's
+    events arrive in order), and every member's newest are written in one upsert per set of columns
+    when the unit of work ends."""
+    uow.memo.setdefault("status snapshots", {}).setdefault(member_id, {}).update(docs)
+    uow.at_commit("status snapshots", _write_snapshots)
+
+
+async def _write_snapshots(uow: UnitOfWork) -> None:
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for member_id, docs in uow.memo.pop("status snapshots", {}).items():
+        by_columns.setdefault(tuple(sorted(docs)), []).append({"member_id": member_id, **docs})
+    for columns, rows in by_columns.items():
+        stmt = pg_insert(member_status)
+        await uow.execute(stmt.on_conflict_do_update(
+            index_elements=["member_id"],
+            set_={**{c: stmt.excluded[c] for c in columns}, "updated_at": func.now()}), rows)
+
+
 async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PointsChanged = event.data  # type: ignore[assignment]
     doc = {"balance": d.balance, "available": d.available, "pending": d.pending,
            "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None}
-    await _set_status(uow, event.subject, points=doc)
+    _set_snapshot_at_commit(uow, event.subject, points=doc)
 
 
 async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: TierChanged = event.data  # type: ignore[assignment]
     doc = {"code": d.to_tier, "name": d.to_tier_name or DEFAULT_TIER_NAMES.get(d.to_tier, d.to_tier),
            "since": d.effective_at.isoformat(), "review_at": d.review_at.isoformat() if d.review_at else None}
-    await _set_status(uow, event.subject, tier=doc)
+    _set_snapshot_at_commit(uow, event.subject, tier=doc)
 
 
 async def on_tier_progress(event: CloudEvent, uow: UnitOfWork) -> None:
     d: TierProgressChanged = event.data  # type: ignore[assignment]
-    await _set_status(uow, event.subject, progress=d.model_dump(mode="json"))
+    _set_snapshot_at_commit(uow, event.subject, progress=d.model_dump(mode="json"))
 
 
 async def on_policy_changed(event: CloudEvent, uow: UnitOfWork) -> None:

@@ -102,8 +102,9 @@ def channel_allowed(channel: Channel, contact: Contact) -> bool:
 def select_channels(kind: Kind, preferences: Preferences, contact: Contact | None) -> list[Channel]:
     """The channels one notification of ``kind`` goes to: wanted by the member AND allowed.
 
-    Without a contact (an event overtook the member's MemberEnrolled) nothing is known of the
-    member's consents, so only the chain's own backend is told.
+    Without a contact nothing is known of the member's consents, so only the chain's own backend
+    is told. (The consumer never gets here without one: an event that overtook the member's
+    MemberEnrolled is parked until it arrives; see handlers.queue.)
     """
     if contact is None:
         return [] if kind.marketing else [c for c in canonical_channels(preferences.channels) if c == "webhook"]

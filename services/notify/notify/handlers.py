@@ -19,18 +19,19 @@ from datetime import time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
 from shared.platform import chain_timezone as shared_chain_timezone
 from shared.events import (
     BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
+    decode,
 )
 from shared.problems import NotFound
 
 from . import domain, schemas, templates
-from .tables import contacts, notifications, preferences
+from .tables import contacts, notifications, parked_events, preferences
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str
     """
     chain_id = event.chainid
     who = recipient or await recipient_of(uow, chain_id=chain_id, member_id=member_id)
+    if who.contact is None:
+        await _park(uow, event, member_id=member_id)
+        return 0
     spec = domain.KINDS[kind]
     channels = domain.select_channels(spec, who.preferences, who.contact)
     if not channels:
@@ -139,6 +143,26 @@ async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str
     return len(channels)
 
 
+async def _park(uow: UnitOfWork, event: CloudEvent, *, member_id: str) -> None:
+    """The event overtook its member's MemberEnrolled: keep it until the enrolment arrives."""
+    await uow.execute(pg_insert(parked_events).values(
+        event_id=event.id, member_id=member_id, chain_id=event.chainid, payload=event.to_json().decode(),
+        parked_at=uow.now(),
+    ).on_conflict_do_nothing())
+    log.info("event parked until the member's enrolment arrives",
+             extra={"event_id": event.id, "event_type": event.type})
+
+
+async def _unpark(uow: UnitOfWork, *, member_id: str, chain_id: str) -> None:
+    """Handle, in the order they came, the events that waited for this member's enrolment."""
+    rows = (await uow.execute(delete(parked_events).where(
+        parked_events.c.member_id == member_id, parked_events.c.chain_id == chain_id,
+    ).returning(parked_events.c.seq, parked_events.c.payload))).all()
+    for row in sorted(rows, key=lambda r: r.seq):
+        event = decode(row.payload)
+        await HANDLERS[type(event.data)](event, uow)
+
+
 # ---- event handlers ---------------------------------------------------------------------------
 
 
@@ -156,6 +180,7 @@ async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
     contact = domain.Contact(name=d.name, phone=d.phone, email=d.email, consents=domain.Consents(**consents))
     await queue(uow, event, member_id=d.member_id, kind="welcome", values=lambda _: {"member_no": d.member_no},
                 data={"member_no": d.member_no}, recipient=Recipient(contact, defaults))
+    await _unpark(uow, member_id=d.member_id, chain_id=event.chainid)
 
 
 async def on_member_updated(event: CloudEvent, uow: UnitOfWork) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ARRAY, Column, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func, text
+from sqlalchemy import (
+    ARRAY, BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, Table, Text, UniqueConstraint, func, text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import shared_tables
@@ -57,4 +59,18 @@ notifications = Table(
     UniqueConstraint("source_event_id", "kind", "channel", name="notifications_once_per_event"),
     Index("notifications_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
     Index("notifications_member", "member_id", "created_at"),
+)
+
+# Events that overtook the member's MemberEnrolled (it travels on another topic): without the
+# contact notify can't tell the member's consents, so the event waits here and is handled when
+# the enrolment arrives, in the enrolment's transaction.
+parked_events = Table(
+    "parked_events", metadata,
+    Column("seq", BigInteger, Identity(), primary_key=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("member_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("parked_events_member", "member_id", "chain_id"),
 )

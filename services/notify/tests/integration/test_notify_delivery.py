@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer
 
 from devstack.stack import Stack
 from shared.events import (
-    BenefitGranted, CloudEvent, EventData, PointsExpiringSoon, ReferralCompleted, TierChanged, decode, new_event,
-    topic_of,
+    BenefitGranted, CloudEvent, Consents, EventData, MemberEnrolled, PointsExpiringSoon, ReferralCompleted,
+    TierChanged, decode, new_event, topic_of,
 )
 from tests.helpers import APP, Api, WebhookReceiver, eventually, publish_events
 
@@ -121,6 +121,28 @@ def test_a_tier_upgrade_goes_out_once_per_consented_channel_even_when_the_event_
     assert len(hooks) == 2 and len({r["json"]["notification_id"] for r in hooks}) == 2
     emails = [e for e in sink_lines(stack, "email.jsonl") if e["to"] == "li@example.com"]
     assert len(emails) == 3  # welcome and two upgrades
+
+
+def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_every_consented_channel(
+        api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
+    member_id = str(uuid.uuid4())
+    # the upgrade arrives first (tiering's topic can run ahead of enrollment's)
+    publish(stack, member_id, tier_changed("silver"))
+    stack.wait_settled()
+    assert api.get("notify", f"/v1/members/{member_id}/notifications", key=APP).status_code == 404
+    assert [r for r in webhook.for_member(member_id)] == []  # nothing went out without the consents
+    phone = "139" + str(uuid.uuid4().int)[:8]
+    publish(stack, member_id, MemberEnrolled(
+        member_id=member_id, member_no="M000000001", home_clinic_id="clinic-1", source="walk_in",
+        birthday=date(1990, 6, 15), enrolled_at=datetime.now(UTC), name="王女士", phone=phone,
+        consents=Consents(marketing=False, sms=True, email=False)))
+    delivered(api, member_id, "welcome", {"webhook", "sms"})
+    up = {n["channel"]: n for n in delivered(api, member_id, "tier_up", {"webhook", "sms"})}
+    assert "银卡会员" in up["webhook"]["title"]
+    [sms] = [s for s in sink_lines(stack, "sms.jsonl") if s["notification_id"] == up["sms"]["notification_id"]]
+    assert sms["to"] == phone
+    stack.wait_settled()  # the parked event is handled once: exactly one tier_up per channel
+    assert len(notifications(api, member_id, "tier_up")) == 2
 
 
 def test_a_member_without_sms_consent_gets_no_sms(api: Api, stack: Stack) -> None:
