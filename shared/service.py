@@ -25,6 +25,7 @@ from .kafka import ensure_topics, make_producer
 from .observability import configure_logging
 from .outbox import OutboxRelay
 from .platform import PlatformStore
+from .retention import purge
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,15 @@ async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.E
             pass
 
 
+def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedule]:
+    """The service's own schedules, and the retention purge of its shared tables every worker runs."""
+    async def retention(ctx: ServiceContext) -> None:
+        await purge(ctx.db, defn.name)
+
+    return [*defn.schedules, Schedule(name="retention", run=retention,
+                                      interval_seconds=settings.retention_interval_seconds)]
+
+
 async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.Event) -> None:
     """Relay + consumer + schedules until ``stop`` is set; finishes the batch in hand first."""
     ctx = build_context(defn, settings)
@@ -95,7 +105,8 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
         runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer,
                                 prepare=defn.prepare)
         tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
-    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in defn.schedules]
+    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name)
+              for s in worker_schedules(defn, settings)]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # schedules (expiry, reviews, birthdays): how often a worker looks for due work
     schedule_interval_seconds: float = Field(60.0, gt=0)
 
+    # retention of the shared tables (see shared.retention); the inbox must outlive the topics' retention
+    outbox_retention_days: float = Field(7.0, gt=0)
+    inbox_retention_days: float = Field(30.0, gt=0)
+    idempotency_key_hours: float = Field(48.0, gt=0)
+    retention_interval_seconds: float = Field(3600.0, gt=0)
+
     clock_file: Path | None = None  # tests only: a file with a time offset in seconds (see shared.clock)
 
     api_key_cache_seconds: float = Field(5.0, ge=0)

@@ -4,6 +4,7 @@ by reads of their own table inside the transaction, and gone with a rollback."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import BigInteger, Column, Identity, MetaData, Table, Text, select, text
@@ -21,7 +22,7 @@ log = Table("log", metadata, Column("seq", BigInteger, Identity(), primary_key=T
 
 
 @pytest.fixture(scope="module")
-async def db(stack: Stack):  # noqa: ANN201
+async def db(stack: Stack) -> AsyncIterator[Database]:
     database = Database.connect(stack.settings(), shared_tables(MetaData(schema="points")))
     async with database.engine.begin() as conn:
         await conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
