@@ -53,6 +53,7 @@ class StackPool:
             pg_port=free_port(),
             broker_port=free_port(),
             service_ports={s: free_port() for s in SERVICES},
+            worker_ports={s: free_port() for s in SERVICES},
             services=services,
             pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
             env_overrides={

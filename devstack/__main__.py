@@ -22,6 +22,7 @@ def main() -> None:
         pg_port=int(os.environ.get("MEMBERSHIP_PG_PORT", "5432")),
         broker_port=int(os.environ.get("MEMBERSHIP_BROKER_PORT", "9092")),
         service_ports=ports,
+        worker_ports={name: settings.worker_port_of(name) for name in DEFAULT_PORTS},
         env_overrides={"MEMBERSHIP_NOTIFY_SINK_DIR": str(data_dir / "sink")},
     )
     stopping = False
@@ -41,7 +42,8 @@ def main() -> None:
         s = stack.settings()
         print(f"\nmembership platform ready in {took:.1f}s\n", flush=True)
         for name, port in ports.items():
-            print(f"  {name:<11} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs)")
+            print(f"  {name:<11} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs;"
+                  f" worker metrics: http://127.0.0.1:{stack.worker_ports[name]}/metrics)")
         print(f"\n  PostgreSQL  {stack.postgres.url}")  # type: ignore[union-attr]
         print(f"  broker      {stack.broker.bootstrap}")  # type: ignore[union-attr]
         print(f"  logs        {stack.log_dir}/   notification sink: {data_dir / 'sink'}/")

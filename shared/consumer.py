@@ -87,6 +87,7 @@ class ConsumerRunner:
         self.db = db
         self.handlers = handlers
         self.prepare = prepare
+        self.lag: dict[TopicPartition, int] = {}
         self.producer = producer
         self.settings = db.settings
         self.topics = sorted({topic_of(cls.publisher) for cls in handlers})
@@ -125,8 +126,21 @@ class ConsumerRunner:
                         await consumer.commit(offsets)
                     except CommitFailedError:
                         log.warning("offset commit failed after a rebalance; the batch will be redelivered")
+                    self._report_lag(consumer, offsets)
         finally:
             await consumer.stop()
+
+    def _report_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """``consumer_lag{topic}``: messages behind the partitions' high-water marks, as of each
+        partition's latest batch (the gauge a scaler or an alert watches)."""
+        for tp, offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self.lag[tp] = max(0, highwater - offset)
+        assigned = consumer.assignment()
+        for topic in self.topics:
+            metrics.set("consumer_lag", sum(n for tp, n in self.lag.items() if tp.topic == topic and tp in assigned),
+                        service=self.service, topic=topic)
 
     async def process(self, records: list[ConsumerRecord], stop: asyncio.Event) -> bool:
         """Apply a batch exactly once. True when every record is applied, skipped or dead-lettered;

@@ -83,16 +83,21 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 
 class Metrics:
-    """A small Prometheus registry: counters and summaries (count/sum), labelled."""
+    """A small Prometheus registry: counters, gauges and summaries (count/sum), labelled."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
         self.sums: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(lambda: [0, 0.0])
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         with self._lock:
             self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self._lock:
+            self.gauges[(name, tuple(sorted(labels.items())))] = value
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         with self._lock:
@@ -111,6 +116,11 @@ class Metrics:
             for name in sorted({n for n, _ in self.counters}):
                 lines.append(f"# TYPE membership_{name} counter")
                 for (n, labels), v in sorted(self.counters.items()):
+                    if n == name:
+                        lines.append(f"membership_{n}{fmt(labels)} {v}")
+            for name in sorted({n for n, _ in self.gauges}):
+                lines.append(f"# TYPE membership_{name} gauge")
+                for (n, labels), v in sorted(self.gauges.items()):
                     if n == name:
                         lines.append(f"membership_{n}{fmt(labels)} {v}")
             for name in sorted({n for n, _ in self.sums}):

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
 
 from .api import ServiceContext, create_service_app
 from .clock import Clock, OffsetFileClock, SystemClock
@@ -27,6 +28,7 @@ from .outbox import OutboxRelay
 from .platform import PlatformStore
 from .retention import purge
 from .settings import Settings
+from .worker_http import serve as serve_worker_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,18 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
     producer = make_producer(settings)
     await producer.start()
     tasks = [asyncio.create_task(OutboxRelay(ctx.db, producer, defn.schema).run(stop), name="relay")]
+
+    async def ready() -> bool:
+        try:
+            async with ctx.db.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            log.warning("readiness: database unreachable", exc_info=True)
+            return False
+
+    tasks.append(asyncio.create_task(serve_worker_endpoint(
+        settings.host, settings.worker_port_of(defn.name), service=defn.name, ready=ready, stop=stop), name="endpoint"))
     if defn.handlers:
         runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer,
                                 prepare=defn.prepare)

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     tiering_port: int = DEFAULT_PORTS["tiering"]
     benefits_port: int = DEFAULT_PORTS["benefits"]
     notify_port: int = DEFAULT_PORTS["notify"]
+    # each worker's operations endpoint (/metrics, /healthz); 0 picks a free port (logged at start)
+    enrollment_worker_port: int = Field(DEFAULT_PORTS["enrollment"] + 1000, ge=0, le=65535)
+    points_worker_port: int = Field(DEFAULT_PORTS["points"] + 1000, ge=0, le=65535)
+    tiering_worker_port: int = Field(DEFAULT_PORTS["tiering"] + 1000, ge=0, le=65535)
+    benefits_worker_port: int = Field(DEFAULT_PORTS["benefits"] + 1000, ge=0, le=65535)
+    notify_worker_port: int = Field(DEFAULT_PORTS["notify"] + 1000, ge=0, le=65535)
 
     # outbox relay
     outbox_shards: int = Field(12, ge=1, le=1024)
@@ -86,6 +92,9 @@ class Settings(BaseSettings):
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
+
+    def worker_port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_worker_port"))
 
     @property
     def asyncpg_dsn(self) -> str:
