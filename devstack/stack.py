@@ -32,6 +32,8 @@ class Stack:
     pg_port: int
     broker_port: int
     service_ports: dict[str, int]
+    #: each worker's /metrics endpoint; a service missing here gets a free port of the OS's choosing
+    worker_ports: dict[str, int] = field(default_factory=dict)
     env_overrides: dict[str, str] = field(default_factory=dict)
     pg_conf: dict[str, str] = field(default_factory=dict)
     services: tuple[str, ...] = SERVICES
@@ -52,6 +54,7 @@ class Stack:
         }
         for name, port in self.service_ports.items():
             env[f"MEMBERSHIP_{name.upper()}_PORT"] = str(port)
+            env[f"MEMBERSHIP_{name.upper()}_WORKER_PORT"] = str(self.worker_ports.get(name, 0))
         env.update(self.env_overrides)
         return env
 
