@@ -137,12 +137,20 @@ class PointsChanged(EventData):
     pending: int | None = None
     # added: the member's remaining points by expiry date after this change (for the status view)
     expiring: list[ExpiringPoints] | None = None
+    # added: when the pending points become available, so a view can move them without an event
+    pending_until: list[PendingPoints] | None = None
 
 
 class ExpiringPoints(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
     points: int
     expires_on: date
+
+
+class PendingPoints(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    points: int
+    available_at: datetime
 
 
 class PointsExpiringSoon(EventData):

@@ -97,6 +97,9 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     eventually(lambda: "welcome_skin_check" in {b["code"] for b in api.get(
         "benefits", f"/v1/members/{mid}/benefits").json()["items"]})
     assert api.get("points", f"/v1/members/{mid}/points").json()["available"] == 120_000
+    # the status view agrees though no points event came: it knew when the pending points would be released
+    view = api.get("enrollment", f"/v1/members/{mid}/status").json()["points"]
+    assert (view["balance"], view["available"], view["pending"]) == (120_000, 120_000, 0)
 
     # the birth month: a birthday voucher, once
     clock.advance_to(datetime.combine(birth_month, datetime.min.time(), SHANGHAI) + timedelta(hours=9))

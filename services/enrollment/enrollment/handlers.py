@@ -317,7 +317,9 @@ async def _write_snapshots(uow: UnitOfWork) -> None:
 async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PointsChanged = event.data  # type: ignore[assignment]
     doc = {"balance": d.balance, "available": d.available, "pending": d.pending,
-           "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None}
+           "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None,
+           "pending_until": [p.model_dump(mode="json") for p in d.pending_until]
+           if d.pending_until is not None else None}
     _set_snapshot_at_commit(uow, event.subject, points=doc)
 
 
@@ -359,6 +361,16 @@ async def on_benefit_revoked(event: CloudEvent, uow: UnitOfWork) -> None:
                       benefits=member_status.c.benefits.op("-")(d.benefit_id))
 
 
+def _points_now(points: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The points part of the view as of ``now``: pending points whose return window has passed since
+    the last PointsChanged count as available (points release them without an event)."""
+    schedule = points.get("pending_until")
+    if not schedule or points.get("available") is None or points.get("pending") is None:
+        return points
+    released = sum(p["points"] for p in schedule if datetime.fromisoformat(p["available_at"]) <= now)
+    return {**points, "available": points["available"] + released, "pending": points["pending"] - released}
+
+
 async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:
     member = await get_member(uow, chain_id=chain_id, member_id=member_id)
     row = (await uow.execute(select(member_status).where(member_status.c.member_id == member_id))).first()
@@ -367,7 +379,7 @@ async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
     progress = (row.progress if row else None) or {}
     if progress.get("review_at") and progress.get("tier") == tier["code"]:
         tier = {**tier, "review_at": progress["review_at"]}  # the newest review date tiering announced
-    points = (row.points if row else None) or {"balance": 0}
+    points = _points_now((row.points if row else None) or {"balance": 0}, uow.now())
     horizon = (uow.now() + EXPIRING_HORIZON).date()
     expiring = [e for e in (points.get("expiring") or []) if date.fromisoformat(e["expires_on"]) <= horizon]
     now = uow.now()

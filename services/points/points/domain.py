@@ -201,6 +201,15 @@ class Wallet:
     def pending(self, now: datetime) -> int:
         return sum(lot.remaining for lot in self.lots if lot.is_pending(now, self.tz))
 
+    def pending_until(self, now: datetime) -> list[tuple[datetime, int]]:
+        """The pending points by the instant they become available, soonest first (they add up to
+        :meth:`pending`)."""
+        by_time: dict[datetime, int] = {}
+        for lot in self.lots:
+            if lot.remaining > 0 and lot.is_pending(now, self.tz):
+                by_time[lot.available_at] = by_time.get(lot.available_at, 0) + lot.remaining
+        return sorted(by_time.items())
+
     def open_lots(self) -> list[Lot]:
         return sorted((lot for lot in self.lots if lot.remaining > 0), key=spending_order)
 

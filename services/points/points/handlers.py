@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from shared.db import Database, UnitOfWork
 from shared.events import (
     ActivityRecorded, CloudEvent, EntryType, ExpiringPoints, MemberEnrolled, PointsChanged, PointsExpiringSoon,
-    PolicyChanged, PurchaseRecorded, PurchaseRefunded, ReferralCompleted,
+    PendingPoints, PolicyChanged, PurchaseRecorded, PurchaseRefunded, ReferralCompleted,
 )
 from shared.policy import Policy
 from shared.platform import chain_timezone
@@ -194,6 +194,7 @@ async def post(uow: UnitOfWork, *, member: Any, wallet: domain.Wallet, delta: in
             source_event_id=source_event_id, occurred_at=occurred_at, qualifying=qualifying,
             available=wallet.available(view_at), pending=wallet.pending(view_at),
             expiring=[ExpiringPoints(points=g.points, expires_on=g.expires_on) for g in wallet.expiring(view_at)],
+            pending_until=[PendingPoints(points=n, available_at=at) for at, n in wallet.pending_until(view_at)],
         ), member_id=member.member_id, chain_id=member.chain_id)
     wallet.created.clear()
     wallet.changed.clear()

@@ -235,6 +235,18 @@ def test_the_ledger_and_lots_stay_consistent_for_any_sequence_of_changes(ops: li
         assert sum(lot.remaining for lot in wallet.lots) == max(wallet.balance, 0)
         assert sum(g.points for g in wallet.expiring(now)) <= max(wallet.balance, 0)
         assert wallet.available(now) <= wallet.balance
+        # the release schedule the status view keeps adds up to the pending points, all still ahead,
+        # and once they are all released the view's arithmetic gives what the wallet will then say
+        schedule = wallet.pending_until(now)
+        assert sum(n for _, n in schedule) == wallet.pending(now) and all(at > now for at, _ in schedule)
+        if schedule:
+            later = schedule[-1][0]
+            unexpired = [lot for lot in wallet.lots if lot.is_pending(now, SHANGHAI)
+                         and not lot.is_expired(later, SHANGHAI)]
+            if len(unexpired) == len([lot for lot in wallet.lots if lot.is_pending(now, SHANGHAI)]):
+                assert wallet.available(later) == wallet.available(now) + wallet.pending(now) - sum(
+                    lot.remaining for lot in wallet.lots if lot.is_available(now, SHANGHAI)
+                    and lot.is_expired(later, SHANGHAI))
 
 
 def test_add_months_clamps_to_the_end_of_a_shorter_month() -> None:
