@@ -11,7 +11,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, true, update
+from sqlalchemy import exists, func, literal, select, text, true, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -143,29 +143,34 @@ async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
 
 async def record_purchase(uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
                           ) -> tuple[bool, schemas.PurchaseAccepted]:
-    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response)."""
+    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
+
+    The common case is one statement: insert the purchase if its member is in the chain and the
+    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
+    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
     digest = request_hash(req.model_dump(mode="json"))
-    key = (purchases.c.chain_id == chain_id, purchases.c.clinic_id == req.clinic_id,
-           purchases.c.pos_txn_id == req.pos_txn_id)
-    prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(*key))).first()
-    if prior is None:
-        _reject_future(uow, req.occurred_at, "occurred_at")
+    _reject_future(uow, req.occurred_at, "occurred_at")
+    purchase_id = str(uuid.uuid4())
+    row = {"purchase_id": purchase_id, "chain_id": chain_id, "clinic_id": req.clinic_id, "pos_txn_id": req.pos_txn_id,
+           "member_id": req.member_id, "amount_fen": req.amount_fen, "currency": req.currency,
+           "occurred_at": req.occurred_at, "items": [i.model_dump() for i in req.items], "request_hash": digest}
+    member_in_chain = exists().where(members.c.member_id == req.member_id, members.c.chain_id == chain_id)
+    inserted = (await uow.execute(pg_insert(purchases).from_select(
+        list(row), select(*[literal(v, purchases.c[k].type) for k, v in row.items()]).where(member_in_chain),
+    ).on_conflict_do_nothing().returning(purchases.c.purchase_id))).first()
+    if inserted is not None:
+        uow.publish(PurchaseRecorded(
+            purchase_id=purchase_id, pos_txn_id=req.pos_txn_id, clinic_id=req.clinic_id,
+            member_id=req.member_id, amount_fen=req.amount_fen, occurred_at=req.occurred_at,
+            items=[PurchaseItem(**i.model_dump()) for i in req.items],
+        ), member_id=req.member_id, chain_id=chain_id)
+        return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
+    prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(
+        purchases.c.chain_id == chain_id, purchases.c.clinic_id == req.clinic_id,
+        purchases.c.pos_txn_id == req.pos_txn_id))).first()
+    if prior is None:  # not a retry: the member is not in this chain...
         await _member_in_chain(uow, chain_id=chain_id, member_id=req.member_id)
-        purchase_id = str(uuid.uuid4())
-        inserted = (await uow.execute(pg_insert(purchases).values(
-            purchase_id=purchase_id, chain_id=chain_id, clinic_id=req.clinic_id, pos_txn_id=req.pos_txn_id,
-            member_id=req.member_id, amount_fen=req.amount_fen, currency=req.currency,
-            occurred_at=req.occurred_at, items=[i.model_dump() for i in req.items], request_hash=digest,
-        ).on_conflict_do_nothing().returning(purchases.c.purchase_id))).first()
-        if inserted is not None:
-            uow.publish(PurchaseRecorded(
-                purchase_id=purchase_id, pos_txn_id=req.pos_txn_id, clinic_id=req.clinic_id,
-                member_id=req.member_id, amount_fen=req.amount_fen, occurred_at=req.occurred_at,
-                items=[PurchaseItem(**i.model_dump()) for i in req.items],
-            ), member_id=req.member_id, chain_id=chain_id)
-            return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
-        # a concurrent request with the same pos_txn_id committed first
-        prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(*key))).one()
+        return await record_purchase(uow, chain_id=chain_id, req=req)  # ...or was enrolled a moment ago
     if prior.request_hash != digest:
         raise Conflict("This pos_txn_id was already recorded at this clinic with a different body.",
                        purchase_id=prior.purchase_id)

@@ -60,6 +60,21 @@ def test_a_purchase_whose_items_do_not_add_up_is_rejected(api: Api) -> None:
     is_problem(api.post("enrollment", "/v1/purchases", body, key=POS), 422)
 
 
+def test_a_purchase_for_an_unknown_or_another_chains_member_is_rejected_and_stores_nothing(
+        api: Api, other_chain_key: str) -> None:
+    theirs = api.post("enrollment", "/v1/members", {
+        "phone": "139" + str(uuid.uuid4().int)[:8], "name": "别家会员", "birthday": "1990-01-01",
+        "home_clinic_id": "c", "source": "walk_in"}, key=other_chain_key).json()["member_id"]
+    for member_id in (str(uuid.uuid4()), theirs):
+        body = purchase_body(member_id, 10_000)
+        doc = is_problem(api.post("enrollment", "/v1/purchases", body, key=POS), 422)
+        assert doc["errors"][0]["location"] == ["body", "member_id"]
+        # nothing was recorded under that (clinic, pos_txn_id): the same ids for a real member are new
+        ours = api.enrol()["member_id"]
+        r = api.post("enrollment", "/v1/purchases", {**body, "member_id": ours}, key=POS)
+        assert r.status_code == 202, r.text
+
+
 def test_idempotency_key_replays_the_first_response(api: Api) -> None:
     key = str(uuid.uuid4())
     body = {"phone": "13600002222", "name": "Wang", "birthday": "1985-03-04", "home_clinic_id": "c",
