@@ -232,6 +232,8 @@ def test_benefits_expiring_points_and_referrals_are_notified(api: Api, stack: St
     [expiring] = delivered(api, member_id, "points_expiring", {"webhook"})
     delivered(api, member_id, "referral_completed", {"webhook"})
     assert benefit["title"] == "您获得了新权益：年度皮肤检测" and expiring["title"] == "1200 积分即将过期"
+    delivered(api, referee_id, "welcome", {"webhook"})  # notify knows the referee too (another partition)
+    stack.wait_settled()
     assert not notifications(api, referee_id, "referral_completed")
     hooks = {r["json"]["kind"]: r["json"] for r in webhook.for_member(member_id)}
     assert "2026-03-31" in hooks["points_expiring"]["body"] and hooks["points_expiring"]["data"]["points"] == 1200
