@@ -21,7 +21,7 @@ import httpx
 
 from shared.settings import SERVICES, Settings
 
-from .processes import Postgres, Tansu
+from .processes import Postgres, Tansu, free_port
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -32,7 +32,8 @@ class Stack:
     pg_port: int
     broker_port: int
     service_ports: dict[str, int]
-    #: each worker's /metrics endpoint; a service missing here gets a free port of the OS's choosing
+    #: each worker's /metrics endpoint; a service missing here gets a free port, chosen up front with
+    #: the others (a worker binding "any port" could take an API port picked but not yet bound)
     worker_ports: dict[str, int] = field(default_factory=dict)
     env_overrides: dict[str, str] = field(default_factory=dict)
     pg_conf: dict[str, str] = field(default_factory=dict)
@@ -41,6 +42,16 @@ class Stack:
     postgres: Postgres | None = None
     broker: Tansu | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        taken = set(self.service_ports.values()) | set(self.worker_ports.values()) | {self.pg_port, self.broker_port}
+        for name in self.service_ports:
+            if name not in self.worker_ports:
+                port = free_port()
+                while port in taken:
+                    port = free_port()
+                self.worker_ports[name] = port
+                taken.add(port)
 
     @property
     def env(self) -> dict[str, str]:
@@ -54,7 +65,7 @@ class Stack:
         }
         for name, port in self.service_ports.items():
             env[f"MEMBERSHIP_{name.upper()}_PORT"] = str(port)
-            env[f"MEMBERSHIP_{name.upper()}_WORKER_PORT"] = str(self.worker_ports.get(name, 0))
+            env[f"MEMBERSHIP_{name.upper()}_WORKER_PORT"] = str(self.worker_ports[name])
         env.update(self.env_overrides)
         return env
 
