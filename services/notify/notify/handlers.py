@@ -15,14 +15,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import time, tzinfo
+from datetime import time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared.db import UnitOfWork
+from shared.db import Database, UnitOfWork
 from shared.platform import chain_timezone as shared_chain_timezone
 from shared.events import (
     BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
@@ -151,6 +151,20 @@ async def _park(uow: UnitOfWork, event: CloudEvent, *, member_id: str) -> None:
     ).on_conflict_do_nothing())
     log.info("event parked until the member's enrolment arrives",
              extra={"event_id": event.id, "event_type": event.type})
+
+
+#: an enrolment that has not arrived this long after an event about the member never will
+PARKED_DAYS = 30
+
+
+async def purge_parked(db: Database, *, older_than: timedelta = timedelta(days=PARKED_DAYS)) -> int:
+    """Drop parked events whose member never enrolled (a bad producer, a member of a deleted chain)."""
+    async with db.unit_of_work() as uow:
+        dropped = (await uow.execute(delete(parked_events).where(
+            parked_events.c.parked_at < uow.now() - older_than))).rowcount
+    if dropped:
+        log.warning("dropped parked events whose member never enrolled", extra={"events": dropped})
+    return dropped
 
 
 async def _unpark(uow: UnitOfWork, *, member_id: str, chain_id: str) -> None:

@@ -4,7 +4,7 @@ from shared.service import Schedule, ServiceDefinition
 
 from .api import router
 from .delivery import Deliveries
-from .handlers import HANDLERS
+from .handlers import HANDLERS, purge_parked
 from .tables import shared
 
 SERVICE = ServiceDefinition(
@@ -13,6 +13,7 @@ SERVICE = ServiceDefinition(
     routers=[router],
     handlers=HANDLERS,
     # due notifications are picked up within ~0.2 s; retries wait for their next_attempt_at
-    schedules=[Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2)],
+    schedules=[Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2),
+               Schedule(name="purge-parked-events", run=lambda ctx: purge_parked(ctx.db), interval_seconds=3600)],
     description="Templates, preferences, notifications and their delivery over webhook, SMS and email.",
 )

@@ -145,6 +145,31 @@ def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_eve
     assert len(notifications(api, member_id, "tier_up")) == 2
 
 
+async def test_parked_events_of_a_member_who_never_enrols_are_dropped_after_30_days(stack: Stack) -> None:
+    from datetime import timedelta
+
+    from notify.handlers import purge_parked
+    from notify.tables import parked_events
+    from notify.tables import shared as notify_tables
+    from shared.db import Database
+
+    db = Database.connect(stack.settings(), notify_tables)
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        async with db.unit_of_work() as uow:
+            for event_id, age in ((old, timedelta(days=31)), (recent, timedelta(days=29))):
+                await uow.execute(parked_events.insert().values(
+                    event_id=event_id, member_id=str(uuid.uuid4()), chain_id=CHAIN, payload="{}",
+                    parked_at=uow.now() - age))
+        assert await purge_parked(db) >= 1
+        async with db.unit_of_work() as uow:
+            left = set((await uow.execute(parked_events.select().with_only_columns(parked_events.c.event_id).where(
+                parked_events.c.event_id.in_([old, recent])))).scalars())
+    finally:
+        await db.dispose()
+    assert left == {recent}
+
+
 def test_a_member_without_sms_consent_gets_no_sms(api: Api, stack: Stack) -> None:
     member_id, phone = enrol(api, sms=False)
     delivered(api, member_id, "welcome", {"webhook"})
