@@ -27,7 +27,7 @@ from shared.policy import BenefitRule, Policy
 from shared.problems import Conflict, NotFound
 
 from . import domain, schemas
-from .tables import entitlements, members, policies, redemptions
+from .tables import entitlements, large_purchases, members, policies, redemptions, tier_changes
 
 log = logging.getLogger(__name__)
 EXPIRY_SWEEP_BATCH = 5000
@@ -95,19 +95,21 @@ async def _set_status(uow: UnitOfWork, targets: Sequence[domain.Entitlement], st
     )).all())
 
 
-async def _grant(uow: UnitOfWork, event: CloudEvent, grants: Sequence[tuple[str, domain.Grant]]) -> None:
+async def _grant(uow: UnitOfWork, event: CloudEvent, grants: Sequence[tuple[str, domain.Grant]], *,
+                 source_id: str | None = None) -> None:
     """Insert the grants in one statement and announce the ones inserted.
 
     ON CONFLICT DO NOTHING makes a duplicate impossible, not an error: (member, code, event) is
     unique, so is (member, code, period), and so is an active tier-bound code per member
-    (a partial unique index).
+    (a partial unique index). ``source_id`` (default: the event's id) tells apart several grants
+    of one code that one event causes (care packs for several purchases).
     """
     if not grants:
         return
     rows = [dict(benefit_id=str(uuid.uuid4()), member_id=member_id, chain_id=event.chainid, code=g.code,
                  kind=g.kind, tier=g.tier, value_fen=g.value_fen, percent=g.percent, valid_from=g.valid_from,
                  valid_until=g.valid_until, remaining_uses=g.remaining_uses, status="active",
-                 source_event_id=event.id, period=g.period)
+                 source_event_id=source_id or event.id, period=g.period)
             for member_id, g in grants]
     inserted = (await uow.execute(
         pg_insert(entitlements).values(rows).on_conflict_do_nothing().returning(*entitlements.c))).all()
@@ -171,9 +173,19 @@ async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     if applied is None:
         log.info("stale TierChanged ignored", extra={"event_id": event.id})
         return
+    await uow.execute(pg_insert(tier_changes).values(
+        member_id=event.subject, effective_at=d.effective_at, to_tier=d.to_tier).on_conflict_do_nothing())
     # a review starts a new tier-year: the annual allotments (skin check) are granted afresh
     await _sync_tier_benefits(uow, event, member_id=event.subject, tier=d.to_tier, as_of=d.effective_at,
                               new_tier_year=d.reason == "review")
+    # purchases made since the change took effect that were applied before it arrived: judged again
+    policy = await policies.current(uow.session, event.chainid)
+    since = (await uow.execute(select(large_purchases).where(
+        large_purchases.c.member_id == event.subject, large_purchases.c.occurred_at >= d.effective_at))).all()
+    for p in since:
+        grants = domain.purchase_grants(policy, tier=d.to_tier, purchase_id=p.purchase_id, amount_fen=p.amount_fen,
+                                        occurred_at=p.occurred_at)
+        await _grant(uow, event, [(event.subject, g) for g in grants], source_id=f"{event.id}/{p.purchase_id}")
 
 
 async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -187,19 +199,29 @@ async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
 
 
 async def on_purchase_recorded(event: CloudEvent, uow: UnitOfWork) -> None:
-    """A large enough purchase by a member whose tier has a care pack earns one (once per purchase).
+    """A large enough purchase earns a care pack when its member held a tier with one at the time the
+    purchase was made (once per purchase).
 
-    The tier is the one this service holds when the purchase is applied: a purchase that itself
-    lifts the member to gold is usually applied before tiering's TierChanged arrives, and earns none.
+    The tier held then comes from the TierChanged events seen so far; one that arrives later (it
+    travels on another topic) judges again the purchases made since it took effect, so the outcome
+    does not depend on which event came first. The purchase that itself lifts a member to gold was
+    made before the upgrade took effect, and earns none.
     """
     d: PurchaseRecorded = event.data  # type: ignore[assignment]
     policy = await policies.current(uow.session, event.chainid)
     if d.amount_fen < policy.care_pack_min_purchase_fen:
         return  # the common case costs no query
-    tier = await uow.session.scalar(select(members.c.tier).where(members.c.member_id == d.member_id))
-    if tier is None:
+    known = await uow.session.scalar(select(members.c.member_id).where(members.c.member_id == d.member_id))
+    if known is None:
         log.warning("purchase of a member this service does not know; no care pack", extra={"event_id": event.id})
         return
+    await uow.execute(pg_insert(large_purchases).values(
+        purchase_id=d.purchase_id, member_id=d.member_id, amount_fen=d.amount_fen, occurred_at=d.occurred_at,
+    ).on_conflict_do_nothing())
+    tier = (await uow.execute(select(tier_changes.c.to_tier).where(
+        tier_changes.c.member_id == d.member_id, tier_changes.c.effective_at <= d.occurred_at)
+        .order_by(tier_changes.c.effective_at.desc()).limit(1))).scalar()
+    tier = tier or policy.tiers[0].code  # no tier change before the purchase: the lowest tier
     grants = domain.purchase_grants(policy, tier=tier, purchase_id=d.purchase_id, amount_fen=d.amount_fen,
                                     occurred_at=d.occurred_at)
     await _grant(uow, event, [(d.member_id, g) for g in grants])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint,
-    func, text,
+    BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, PrimaryKeyConstraint, Table, Text,
+    UniqueConstraint, func, text,
 )
 
 from shared.db import shared_tables
@@ -72,4 +72,25 @@ redemptions = Table(
     Column("remaining_uses", Integer),  # after this redemption
     Column("redeemed_at", DateTime(timezone=True), nullable=False),
     Index("redemptions_benefit", "benefit_id"),
+)
+
+# Every tier a member moved to and when (from TierChanged), so a purchase is judged by the tier
+# held when it was made, whichever of the two events arrives first (they travel on different topics).
+tier_changes = Table(
+    "tier_changes", metadata,
+    Column("member_id", Text, nullable=False),
+    Column("effective_at", DateTime(timezone=True), nullable=False),
+    Column("to_tier", Text, nullable=False),
+    PrimaryKeyConstraint("member_id", "effective_at"),
+)
+
+# Purchases large enough for a care pack: a TierChanged that arrives after them re-judges those
+# made since it took effect.
+large_purchases = Table(
+    "large_purchases", metadata,
+    Column("purchase_id", Text, primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Index("large_purchases_member", "member_id", "occurred_at"),
 )

@@ -160,6 +160,32 @@ def test_a_silver_members_5000_yuan_purchase_earns_no_care_pack(api: Api, stack:
     assert items(api, member_id, "care_pack") == []
 
 
+def test_a_care_pack_depends_on_the_tier_held_when_the_purchase_was_made_not_on_which_event_came_first(
+        api: Api, stack: Stack) -> None:
+    # the upgrade arrives after a purchase made under it: the purchase is judged again and earns a pack
+    late = enrolled(api)
+    upgraded_at = datetime.now(UTC)
+    purchase_id = api.purchase(late, 600_000)["purchase_id"]
+    eventually(lambda: purchase_applied(stack, purchase_id))
+    assert items(api, late, "care_pack") == []  # benefits knew no gold yet
+    promoted(api, stack, late, "gold", at=upgraded_at)
+    [pack] = eventually(lambda: items(api, late, "care_pack") or None)
+    assert (pack["period"], pack["tier"]) == (purchase_id, "gold")
+    # the upgrade arrives first but took effect after the purchase was made: that purchase earns none
+    early = enrolled(api)
+    bought_at = datetime.now(UTC)
+    promoted(api, stack, early, "gold", at=bought_at + timedelta(milliseconds=1))
+    before = api.purchase(early, 600_000, occurred_at=bought_at)["purchase_id"]
+    after = api.purchase(early, 600_000)["purchase_id"]
+    eventually(lambda: purchase_applied(stack, before) and purchase_applied(stack, after))
+    stack.wait_settled()
+    assert [p["period"] for p in items(api, early, "care_pack")] == [after]
+    # a replay of the upgrade changes nothing
+    publish_events(stack.broker.bootstrap, [tier_changed(late, "member", "gold", upgraded_at)])
+    stack.wait_settled()
+    assert len(items(api, late, "care_pack")) == 1
+
+
 # ---- tier-years ---------------------------------------------------------------------------------
 
 
