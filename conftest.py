@@ -106,6 +106,17 @@ def stack(request: pytest.FixtureRequest, stacks: StackPool) -> Stack:
     return stacks.get(services)
 
 
+@pytest.fixture(autouse=True)
+def _no_process_died(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the pooled stack fails plainly when one of its processes died under it (instead of
+    timing out on an effect that never comes), naming the process and showing the end of its log."""
+    yield
+    if "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        dead = stack.dead_processes()
+        assert not dead, "\n\n".join(f"{name} {why}" for name, why in dead.items())
+
+
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> Api:
     return Api({s: stack.url(s) for s in SERVICES})

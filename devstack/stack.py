@@ -42,6 +42,8 @@ class Stack:
     postgres: Postgres | None = None
     broker: Tansu | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: processes stopped on purpose (stop_process); any other that exited has died
+    stopped: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         taken = set(self.service_ports.values()) | set(self.worker_ports.values()) | {self.pg_port, self.broker_port}
@@ -173,6 +175,7 @@ class Stack:
         proc = subprocess.Popen([sys.executable, "-m", service, role], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
+        self.stopped.discard(name)
         return proc
 
     def start_services(self, roles: tuple[str, ...] = ("api", "worker")) -> None:
@@ -199,7 +202,18 @@ class Stack:
                 time.sleep(0.2)
         return time.monotonic() - started
 
+    def dead_processes(self) -> dict[str, str]:
+        """Processes that exited without being stopped, with the end of their logs."""
+        dead = {}
+        for name, proc in self.procs.items():
+            if name not in self.stopped and proc.poll() is not None:
+                log = (self.log_dir / f"{name}.log") if self.log_dir else None
+                tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+                dead[name] = f"exited with {proc.returncode}; log ends:\n{tail}"
+        return dead
+
     def stop_process(self, name: str, sig: int | None = None, timeout: float = 15.0) -> None:
+        self.stopped.add(name)
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             return

@@ -132,14 +132,20 @@ class ConsumerRunner:
 
     def _report_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """``consumer_lag{topic}``: messages behind the partitions' high-water marks, as of each
-        partition's latest batch (the gauge a scaler or an alert watches)."""
+        partition's latest batch (the gauge a scaler or an alert watches). A metric never stops the
+        consumer: partitions revoked by a rebalance meanwhile are skipped (aiokafka asserts on them)."""
+        assigned = consumer.assignment()
+        for tp in list(self.lag):
+            if tp not in assigned:
+                del self.lag[tp]
         for tp, offset in offsets.items():
+            if tp not in assigned:
+                continue
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self.lag[tp] = max(0, highwater - offset)
-        assigned = consumer.assignment()
         for topic in self.topics:
-            metrics.set("consumer_lag", sum(n for tp, n in self.lag.items() if tp.topic == topic and tp in assigned),
+            metrics.set("consumer_lag", sum(n for tp, n in self.lag.items() if tp.topic == topic),
                         service=self.service, topic=topic)
 
     async def process(self, records: list[ConsumerRecord], stop: asyncio.Event) -> bool:

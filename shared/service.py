@@ -122,16 +122,21 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
     tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name)
               for s in worker_schedules(defn, settings)]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
+    died = False
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
             if t.exception() is not None:
-                log.error("worker task died", exc_info=t.exception(), extra={"task": t.get_name()})
+                log.error("worker task died; stopping the worker", exc_info=t.exception(),
+                          extra={"task": t.get_name()})
+                died = True
                 stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await producer.stop()
         await ctx.db.dispose()
+    if died:  # a non-zero exit, so a supervisor (k8s, make run, the tests) sees the failure and restarts it
+        raise SystemExit(1)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

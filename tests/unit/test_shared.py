@@ -123,3 +123,26 @@ async def test_a_snapshot_event_replaces_the_earlier_one_of_its_key_in_the_same_
     last = uow.publish(progress(2), member_id="m1", chain_id="c", replaces=("progress", "m1"))
     kept = [e for e in uow.pending if e is not None]
     assert kept == [other, plain, last]
+
+
+def test_the_lag_gauge_skips_partitions_a_rebalance_took_away_instead_of_stopping_the_consumer() -> None:
+    from aiokafka import TopicPartition
+
+    from shared.consumer import ConsumerRunner
+    from shared.observability import metrics
+
+    kept, lost = TopicPartition("membership.enrollment", 0), TopicPartition("membership.enrollment", 1)
+
+    class Consumer:  # what _report_lag asks of an AIOKafkaConsumer after a rebalance took partition 1
+        def assignment(self) -> set:
+            return {kept}
+
+        def highwater(self, tp: TopicPartition) -> int:
+            assert tp == kept, "Partition is not assigned"  # as aiokafka does
+            return 10
+
+    runner = ConsumerRunner.__new__(ConsumerRunner)
+    runner.service, runner.topics, runner.lag = "lag-test", ["membership.enrollment"], {lost: 7}
+    runner._report_lag(Consumer(), {kept: 4, lost: 9})  # type: ignore[arg-type]
+    assert runner.lag == {kept: 6}
+    assert metrics.gauges[("consumer_lag", (("service", "lag-test"), ("topic", "membership.enrollment")))] == 6
