@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -124,7 +124,7 @@ class ConsumerRunner:
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
                     try:
                         await consumer.commit(offsets)
-                    except CommitFailedError:
+                    except (CommitFailedError, IllegalStateError):  # the group moved on (or took partitions)
                         log.warning("offset commit failed after a rebalance; the batch will be redelivered")
                     self._report_lag(consumer, offsets)
         finally:
