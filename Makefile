@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit bench clean-data install
+.PHONY: run test unit lint bench clean-data install
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# the gate CI runs before the tests: lint and format (ruff), types (mypy --strict where it reaches)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 unit: install
 	$(BIN)/python -m pytest -m "not integration and not e2e"

@@ -26,16 +26,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from devstack.processes import free_port  # noqa: E402
-from devstack.stack import Stack  # noqa: E402
-from shared.events import (  # noqa: E402
-    MemberEnrolled, PointsChanged, PurchaseItem, PurchaseRecorded, new_event,
+from devstack.processes import free_port
+from devstack.stack import Stack
+from shared.events import (
+    MemberEnrolled,
+    PointsChanged,
+    PurchaseItem,
+    PurchaseRecorded,
+    new_event,
 )
-from shared.settings import SERVICES  # noqa: E402
+from shared.settings import SERVICES
 
 CHAIN = "demo-chain"
 
@@ -43,20 +47,46 @@ CHAIN = "demo-chain"
 def make_events(service: str, n: int, m: int) -> list:
     now = datetime.now(UTC)
     members = [str(uuid.uuid4()) for _ in range(m)]
-    events = [new_event(MemberEnrolled(member_id=mid, member_no=f"B{i:09d}", home_clinic_id="c", source="walk_in",
-                                       birthday="1990-01-01", enrolled_at=now - timedelta(days=1)),
-                        member_id=mid, chain_id=CHAIN) for i, mid in enumerate(members)]
+    events = [
+        new_event(
+            MemberEnrolled(
+                member_id=mid,
+                member_no=f"B{i:09d}",
+                home_clinic_id="c",
+                source="walk_in",
+                birthday="1990-01-01",
+                enrolled_at=now - timedelta(days=1),
+            ),
+            member_id=mid,
+            chain_id=CHAIN,
+        )
+        for i, mid in enumerate(members)
+    ]
     for i in range(n):
         mid = members[i % m]
         if service == "enrollment":
-            data = PointsChanged(entry_id=str(uuid.uuid4()), delta=100, balance=100 * (i // m + 1),
-                                 entry_type="earn", reason="purchase", occurred_at=now, qualifying=True,
-                                 available=0, pending=100 * (i // m + 1))
+            data = PointsChanged(
+                entry_id=str(uuid.uuid4()),
+                delta=100,
+                balance=100 * (i // m + 1),
+                entry_type="earn",
+                reason="purchase",
+                occurred_at=now,
+                qualifying=True,
+                available=0,
+                pending=100 * (i // m + 1),
+            )
         else:
             pid = str(uuid.uuid4())
-            data = PurchaseRecorded(purchase_id=pid, pos_txn_id=pid, clinic_id="c", member_id=mid, amount_fen=60_000,
-                                    occurred_at=now, items=[PurchaseItem(sku="s", category="c", amount_fen=60_000,
-                                                                         qty=1)])
+            data = PurchaseRecorded(
+                purchase_id=pid,
+                pos_txn_id=pid,
+                clinic_id="c",
+                member_id=mid,
+                amount_fen=60_000,
+                occurred_at=now,
+                items=[PurchaseItem(sku="s", category="c", amount_fen=60_000, qty=1)],
+            )
         events.append(new_event(data, member_id=mid, chain_id=CHAIN))
     return events
 
@@ -87,10 +117,15 @@ async def batch_rate(url: str, schema: str) -> float:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            row = (await conn.execute(text(
-                f"SELECT min(applied_at) AS first, max(applied_at) AS last, count(*) AS n, "
-                f"count(*) FILTER (WHERE applied_at = (SELECT max(applied_at) FROM {schema}.inbox)) AS in_last "
-                f"FROM {schema}.inbox"))).one()
+            row = (
+                await conn.execute(
+                    text(
+                        f"SELECT min(applied_at) AS first, max(applied_at) AS last, count(*) AS n, "
+                        f"count(*) FILTER (WHERE applied_at = (SELECT max(applied_at) FROM {schema}.inbox)) AS in_last "
+                        f"FROM {schema}.inbox"
+                    )
+                )
+            ).one()
             seconds = (row.last - row.first).total_seconds()
             return (row.n - row.in_last) / seconds if seconds > 0 else float("nan")
     finally:
@@ -99,8 +134,13 @@ async def batch_rate(url: str, schema: str) -> float:
 
 def measure(service: str, n: int, m: int) -> dict:
     data = Path(tempfile.mkdtemp(prefix="membership-bench-consumer-"))
-    stack = Stack(data_dir=data, pg_port=free_port(), broker_port=free_port(),
-                  service_ports={s: free_port() for s in SERVICES}, services=())
+    stack = Stack(
+        data_dir=data,
+        pg_port=free_port(),
+        broker_port=free_port(),
+        service_ports={s: free_port() for s in SERVICES},
+        services=(),
+    )
     stack.start_infrastructure()
     try:
         events = make_events(service, n, m)
@@ -123,9 +163,14 @@ def measure(service: str, n: int, m: int) -> dict:
         elapsed = finished - started  # includes the worker's start-up (imports, connections, group join)
         assert first is not None
         steady = asyncio.run(batch_rate(url, service))
-        return {"service": service, "events": len(events), "seconds": round(elapsed, 2),
-                "events_per_s": round(len(events) / elapsed, 1),
-                "startup_s": round(first[0] - started, 2), "steady_events_per_s": round(steady, 1)}
+        return {
+            "service": service,
+            "events": len(events),
+            "seconds": round(elapsed, 2),
+            "events_per_s": round(len(events) / elapsed, 1),
+            "startup_s": round(first[0] - started, 2),
+            "steady_events_per_s": round(steady, 1),
+        }
     finally:
         stack.stop()
 
@@ -139,8 +184,10 @@ def main() -> None:
     results = [measure(s, args.events, args.members) for s in args.services.split(",")]
     print(json.dumps(results, indent=2))
     for r in results:
-        print(f"{r['service']:<12}{r['events']:>8} events {r['seconds']:>8} s {r['events_per_s']:>10} events/s"
-              f" (steady {r['steady_events_per_s']} events/s after {r['startup_s']} s of start-up)")
+        print(
+            f"{r['service']:<12}{r['events']:>8} events {r['seconds']:>8} s {r['events_per_s']:>10} events/s"
+            f" (steady {r['steady_events_per_s']} events/s after {r['startup_s']} s of start-up)"
+        )
 
 
 if __name__ == "__main__":

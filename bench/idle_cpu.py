@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devstack.processes import free_port  # noqa: E402
-from devstack.stack import Stack  # noqa: E402
-from shared.settings import SERVICES  # noqa: E402
+from devstack.processes import free_port
+from devstack.stack import Stack
+from shared.settings import SERVICES
 
 
 def cpu_ticks(pid: int) -> int:
@@ -29,9 +29,13 @@ def cpu_ticks(pid: int) -> int:
 
 def idle_cpu(wait_ms: int, seconds: float = 10.0) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="membership-bench-idle-"))
-    stack = Stack(data_dir=data, pg_port=free_port(), broker_port=free_port(),
-                  service_ports={s: free_port() for s in SERVICES},
-                  env_overrides={"MEMBERSHIP_FETCH_MAX_WAIT_MS": str(wait_ms)})
+    stack = Stack(
+        data_dir=data,
+        pg_port=free_port(),
+        broker_port=free_port(),
+        service_ports={s: free_port() for s in SERVICES},
+        env_overrides={"MEMBERSHIP_FETCH_MAX_WAIT_MS": str(wait_ms)},
+    )
     stack.start_infrastructure()
     try:
         stack.start_services()
@@ -53,8 +57,10 @@ def main() -> None:
     results = {w: idle_cpu(w) for w in waits}
     print(json.dumps({f"fetch_max_wait_ms={w}": r for w, r in results.items()}, indent=2))
     for w, r in results.items():
-        print(f"fetch_max_wait_ms={w:<5} broker {r['broker']:>5}% of a core, workers "
-              f"{sum(v for k, v in r.items() if k.endswith('-worker')):>5}%, total {sum(r.values()):>5}%")
+        print(
+            f"fetch_max_wait_ms={w:<5} broker {r['broker']:>5}% of a core, workers "
+            f"{sum(v for k, v in r.items() if k.endswith('-worker')):>5}%, total {sum(r.values()):>5}%"
+        )
 
 
 if __name__ == "__main__":

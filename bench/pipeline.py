@@ -27,9 +27,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devstack.processes import free_port  # noqa: E402
-from devstack.stack import Stack  # noqa: E402
-from shared.settings import DEFAULT_PORTS, SERVICES  # noqa: E402
+from devstack.processes import free_port
+from devstack.stack import Stack
+from shared.settings import DEFAULT_PORTS, SERVICES
 
 POS = {"Authorization": "Bearer dev-pos-key-0000000000000000"}
 APP = {"Authorization": "Bearer dev-app-key-0000000000000000"}
@@ -38,14 +38,22 @@ SILVER_CROSSING_FEN = 6_000_000  # 60,000 yuan per member: above silver's 50,000
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def enrol(client: httpx.AsyncClient, url: str) -> str:
-    r = await client.post(f"{url}/v1/members", headers=APP, json={
-        "phone": "135" + str(uuid.uuid4().int)[:8], "name": "bench", "birthday": "1990-01-01",
-        "home_clinic_id": "clinic-1", "source": "walk_in", "consents": {"marketing": False, "sms": False,
-                                                                        "email": False}})
+    r = await client.post(
+        f"{url}/v1/members",
+        headers=APP,
+        json={
+            "phone": "135" + str(uuid.uuid4().int)[:8],
+            "name": "bench",
+            "birthday": "1990-01-01",
+            "home_clinic_id": "clinic-1",
+            "source": "walk_in",
+            "consents": {"marketing": False, "sms": False, "email": False},
+        },
+    )
     r.raise_for_status()
     return r.json()["member_id"]
 
@@ -66,8 +74,9 @@ async def _post_with_retry(client: httpx.AsyncClient, url: str, body: dict) -> h
     raise AssertionError("unreachable")
 
 
-async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str], n: int, concurrency: int,
-                         amount_fen: int) -> list[float]:
+async def post_purchases(
+    client: httpx.AsyncClient, url: str, members: list[str], n: int, concurrency: int, amount_fen: int
+) -> list[float]:
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
@@ -79,10 +88,15 @@ async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str]
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            body = {"pos_txn_id": f"bench-{uuid.uuid4()}", "clinic_id": "clinic-1",
-                    "member_id": members[i % len(members)], "amount_fen": amount_fen, "currency": "CNY",
-                    "occurred_at": datetime.now(UTC).isoformat(),
-                    "items": [{"sku": "s", "category": "c", "amount_fen": amount_fen, "qty": 1}]}
+            body = {
+                "pos_txn_id": f"bench-{uuid.uuid4()}",
+                "clinic_id": "clinic-1",
+                "member_id": members[i % len(members)],
+                "amount_fen": amount_fen,
+                "currency": "CNY",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "items": [{"sku": "s", "category": "c", "amount_fen": amount_fen, "qty": 1}],
+            }
             started = time.perf_counter()
             r = await _post_with_retry(client, f"{url}/v1/purchases", body)
             latencies.append(time.perf_counter() - started)
@@ -93,8 +107,9 @@ async def post_purchases(client: httpx.AsyncClient, url: str, members: list[str]
     return latencies
 
 
-async def wait_effects(client: httpx.AsyncClient, urls: dict[str, str], expected: dict[str, int],
-                       timeout: float) -> dict[str, float]:
+async def wait_effects(
+    client: httpx.AsyncClient, urls: dict[str, str], expected: dict[str, int], timeout: float
+) -> dict[str, float]:
     """Poll until every member shows its points, tier and benefits; return when each kind was complete."""
     started = time.perf_counter()
     done: dict[str, float] = {}
@@ -112,8 +127,11 @@ async def wait_effects(client: httpx.AsyncClient, urls: dict[str, str], expected
             return r.status_code == 200 and r.json()["balance"] == expected[m]
         if kind == "tier":
             r = await client.get(f"{urls['tiering']}/v1/members/{m}/tier", headers=APP)
-            return r.status_code == 200 and r.json()["code"] != "member" and \
-                r.json()["progress"]["spend_fen"] == expected[m] // 2 * 100
+            return (
+                r.status_code == 200
+                and r.json()["code"] != "member"
+                and r.json()["progress"]["spend_fen"] == expected[m] // 2 * 100
+            )
         r = await client.get(f"{urls['benefits']}/v1/members/{m}/benefits", headers=APP)
         return r.status_code == 200 and any(b["code"] == "annual_skin_check" for b in r.json()["items"])
 
@@ -125,7 +143,7 @@ async def wait_effects(client: httpx.AsyncClient, urls: dict[str, str], expected
                 continue
             sample = list(members)[:50]
             results = await asyncio.gather(*(check(kind, m) for m in sample))
-            members.difference_update(m for m, ok in zip(sample, results) if ok)
+            members.difference_update(m for m, ok in zip(sample, results, strict=False) if ok)
             if not members and kind not in done:
                 done[kind] = time.perf_counter()
         await asyncio.sleep(0.25)
@@ -148,11 +166,17 @@ async def run(urls: dict[str, str], n: int, m: int, concurrency: int, timeout: f
         done = await wait_effects(client, urls, per_member, timeout)
     finished = max(done.values())
     return {
-        "purchases": n, "members": m, "concurrency": concurrency, "amount_fen": amount_fen,
+        "purchases": n,
+        "members": m,
+        "concurrency": concurrency,
+        "amount_fen": amount_fen,
         "post_seconds": round(posted - started, 2),
         "post_throughput_per_s": round(n / (posted - started), 1),
-        "post_latency_ms": {"p50": round(pct(latencies, 0.5) * 1000, 1), "p99": round(pct(latencies, 0.99) * 1000, 1),
-                            "mean": round(statistics.fmean(latencies) * 1000, 1)},
+        "post_latency_ms": {
+            "p50": round(pct(latencies, 0.5) * 1000, 1),
+            "p99": round(pct(latencies, 0.99) * 1000, 1),
+            "mean": round(statistics.fmean(latencies) * 1000, 1),
+        },
         "end_to_end_seconds": round(finished - started, 2),
         "drain_after_last_post_seconds": round(finished - posted, 2),
         "effects_complete_at_seconds": {k: round(v - started, 2) for k, v in done.items()},
@@ -192,9 +216,13 @@ def main() -> None:
         urls = {s: f"http://127.0.0.1:{p}" for s, p in DEFAULT_PORTS.items()}
     else:
         data = Path(tempfile.mkdtemp(prefix="membership-bench-"))
-        stack = Stack(data_dir=data, pg_port=free_port(), broker_port=free_port(),
-                      service_ports={s: free_port() for s in SERVICES},
-                      env_overrides={"MEMBERSHIP_NOTIFY_SINK_DIR": str(data / "sink")})
+        stack = Stack(
+            data_dir=data,
+            pg_port=free_port(),
+            broker_port=free_port(),
+            service_ports={s: free_port() for s in SERVICES},
+            env_overrides={"MEMBERSHIP_NOTIFY_SINK_DIR": str(data / "sink")},
+        )
         print(f"starting a stack in {data} ...", file=sys.stderr)
         stack.start_infrastructure()
         stack.start_services()
@@ -205,17 +233,22 @@ def main() -> None:
         result = asyncio.run(run(urls, args.purchases, args.members, args.concurrency, args.timeout))
         if stack:
             after = cpu_seconds(stack)
-            result["cpu_seconds"] = {k: round(after[k] - before.get(k, 0), 1) for k in sorted(after, key=after.get,
-                                                                                              reverse=True)}
+            result["cpu_seconds"] = {
+                k: round(after[k] - before.get(k, 0), 1) for k in sorted(after, key=after.get, reverse=True)
+            }
     finally:
         if stack:
             stack.stop()
     print(json.dumps(result, indent=2))
-    print(f"\n{'purchases':<34}{result['purchases']:>10}  ({result['members']} members, "
-          f"{result['concurrency']} concurrent)")
+    print(
+        f"\n{'purchases':<34}{result['purchases']:>10}  ({result['members']} members, "
+        f"{result['concurrency']} concurrent)"
+    )
     print(f"{'POST throughput (/s)':<34}{result['post_throughput_per_s']:>10}")
-    print(f"{'POST latency p50 / p99 (ms)':<34}{result['post_latency_ms']['p50']:>10} / "
-          f"{result['post_latency_ms']['p99']}")
+    print(
+        f"{'POST latency p50 / p99 (ms)':<34}{result['post_latency_ms']['p50']:>10} / "
+        f"{result['post_latency_ms']['p99']}"
+    )
     print(f"{'end to end, all effects (s)':<34}{result['end_to_end_seconds']:>10}")
     print(f"{'drain after the last POST (s)':<34}{result['drain_after_last_post_seconds']:>10}")
     print(f"{'pipeline throughput (purchases/s)':<34}{result['pipeline_events_per_s']:>10}")

@@ -28,9 +28,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devstack.processes import free_port  # noqa: E402
-from devstack.stack import Stack  # noqa: E402
-from shared.settings import SERVICES, Settings  # noqa: E402
+from devstack.processes import free_port
+from devstack.stack import Stack
+from shared.settings import SERVICES, Settings
 
 OPS = {"Authorization": "Bearer dev-ops-key-0000000000000000"}
 CHAIN = "demo-chain"
@@ -81,17 +81,26 @@ async def seed(dsn: str, members: int, facts: int) -> dict[str, Any]:
         await conn.execute(SET_TIERS)
         await conn.execute("ANALYZE tiering.members")
         await conn.execute("ANALYZE tiering.qualifying_facts")
-        tiers = {r["tier"]: r["n"] for r in await conn.fetch(
-            "SELECT tier, count(*) AS n FROM tiering.members WHERE chain_id = $1 GROUP BY tier", CHAIN)}
-        return {"seconds": round(time.perf_counter() - started, 2), "tiers": tiers,
-                "facts": await conn.fetchval("SELECT count(*) FROM tiering.qualifying_facts")}
+        tiers = {
+            r["tier"]: r["n"]
+            for r in await conn.fetch(
+                "SELECT tier, count(*) AS n FROM tiering.members WHERE chain_id = $1 GROUP BY tier", CHAIN
+            )
+        }
+        return {
+            "seconds": round(time.perf_counter() - started, 2),
+            "tiers": tiers,
+            "facts": await conn.fetchval("SELECT count(*) FROM tiering.qualifying_facts"),
+        }
     finally:
         await conn.close()
 
 
 def proposal(current: dict[str, Any]) -> dict[str, Any]:
-    tiers = [{**t, "spend_fen": PROPOSED[t["code"]][0], "points": PROPOSED[t["code"]][1]} if t["code"] in PROPOSED
-             else t for t in current["tiers"]]
+    tiers = [
+        {**t, "spend_fen": PROPOSED[t["code"]][0], "points": PROPOSED[t["code"]][1]} if t["code"] in PROPOSED else t
+        for t in current["tiers"]
+    ]
     return {**current, "tiers": tiers}
 
 
@@ -124,12 +133,19 @@ def run(url: str, poll_seconds: float, timeout: float) -> dict[str, Any]:
         raise RuntimeError(f"recalculation {job['status']}: {job}")
     assert simulation is not None
     return {
-        "simulate_seconds": {"median": round(statistics.median(simulate_seconds), 3),
-                             "runs": [round(s, 3) for s in simulate_seconds]},
+        "simulate_seconds": {
+            "median": round(statistics.median(simulate_seconds), 3),
+            "runs": [round(s, 3) for s in simulate_seconds],
+        },
         "simulation": simulation,
-        "recalculation": {"seconds": round(recalc_seconds, 2), "total": job["total"], "processed": job["processed"],
-                          "moved": job["moved"], "members_per_s": round(job["processed"] / recalc_seconds, 1),
-                          "worker_seconds": round((_ts(job["finished_at"]) - _ts(job["started_at"])), 2)},
+        "recalculation": {
+            "seconds": round(recalc_seconds, 2),
+            "total": job["total"],
+            "processed": job["processed"],
+            "moved": job["moved"],
+            "members_per_s": round(job["processed"] / recalc_seconds, 1),
+            "worker_seconds": round((_ts(job["finished_at"]) - _ts(job["started_at"])), 2),
+        },
     }
 
 
@@ -146,8 +162,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="membership-bench-tier-"))
-    stack = Stack(data_dir=data, pg_port=free_port(), broker_port=free_port(),
-                  service_ports={s: free_port() for s in SERVICES}, services=("tiering",))
+    stack = Stack(
+        data_dir=data,
+        pg_port=free_port(),
+        broker_port=free_port(),
+        service_ports={s: free_port() for s in SERVICES},
+        services=("tiering",),
+    )
     print(f"starting postgres, the broker and tiering in {data} ...", file=sys.stderr)
     try:
         stack.start_infrastructure()
@@ -158,8 +179,12 @@ def main() -> None:
         dsn = Settings(database_url=stack.postgres.url).asyncpg_dsn  # type: ignore[union-attr]
         print(f"seeding {args.members} members x {args.facts} facts ...", file=sys.stderr)
         seeded = asyncio.run(seed(dsn, args.members, args.facts))
-        result = {"members": args.members, "facts_per_member": args.facts, "seed": seeded,
-                  **run(url, 0.25, args.timeout)}
+        result = {
+            "members": args.members,
+            "facts_per_member": args.facts,
+            "seed": seeded,
+            **run(url, 0.25, args.timeout),
+        }
     finally:
         stack.stop()
     print(json.dumps(result, indent=2, ensure_ascii=False))

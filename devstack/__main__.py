@@ -34,16 +34,21 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print(f"starting PostgreSQL on 127.0.0.1:{stack.pg_port} (data in {data_dir / 'pg'}) "
-              f"and Tansu on 127.0.0.1:{stack.broker_port} ...", flush=True)
+        print(
+            f"starting PostgreSQL on 127.0.0.1:{stack.pg_port} (data in {data_dir / 'pg'}) "
+            f"and Tansu on 127.0.0.1:{stack.broker_port} ...",
+            flush=True,
+        )
         stack.start_infrastructure()
         stack.start_services()
         took = stack.wait_ready()
         s = stack.settings()
         print(f"\nmembership platform ready in {took:.1f}s\n", flush=True)
         for name, port in ports.items():
-            print(f"  {name:<11} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs;"
-                  f" worker metrics: http://127.0.0.1:{stack.worker_ports[name]}/metrics)")
+            print(
+                f"  {name:<11} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs;"
+                f" worker metrics: http://127.0.0.1:{stack.worker_ports[name]}/metrics)"
+            )
         print(f"\n  PostgreSQL  {stack.postgres.url}")  # type: ignore[union-attr]
         print(f"  broker      {stack.broker.bootstrap}")  # type: ignore[union-attr]
         print(f"  logs        {stack.log_dir}/   notification sink: {data_dir / 'sink'}/")

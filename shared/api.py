@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .db import Database, UnitOfWork
 from .observability import correlation_id, metrics
-from .platform import Principal, PlatformStore
+from .platform import PlatformStore, Principal
 from .problems import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, install_problem_handlers
 from .settings import Settings
 
@@ -103,20 +103,29 @@ async def idempotent(
         raise InvalidRequest("Idempotency-Key must not be blank.")
     t = uow.tables.idempotency
     digest = request_hash(body)
-    inserted = (await uow.session.execute(
-        pg_insert(t).values(chain_id=principal.chain_id, scope=scope, key=key, request_hash=digest)
-        .on_conflict_do_nothing().returning(t.c.key)
-    )).first()
+    inserted = (
+        await uow.session.execute(
+            pg_insert(t)
+            .values(chain_id=principal.chain_id, scope=scope, key=key, request_hash=digest)
+            .on_conflict_do_nothing()
+            .returning(t.c.key)
+        )
+    ).first()
     if inserted is None:
-        row = (await uow.session.execute(select(t).where(
-            t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key))).one()
+        row = (
+            await uow.session.execute(
+                select(t).where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
+            )
+        ).one()
         if row.request_hash != digest:
             raise Conflict("This Idempotency-Key was used with a different request body.")
         return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
     status, doc = await action()
-    await uow.session.execute(t.update().where(
-        t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key
-    ).values(status_code=status, response=doc))
+    await uow.session.execute(
+        t.update()
+        .where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
+        .values(status_code=status, response=doc)
+    )
     return JSONResponse(doc, status_code=status)
 
 
@@ -133,7 +142,7 @@ def _broker_reachable(bootstrap: str) -> bool:
 
 def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: str, description: str = "") -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         yield
         await ctx.db.dispose()
 
@@ -153,13 +162,27 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
         elapsed = time.perf_counter() - started
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.inc("http_requests_total", 1, service=ctx.name, method=request.method, path=path,
-                    status=str(response.status_code))
+        metrics.inc(
+            "http_requests_total",
+            1,
+            service=ctx.name,
+            method=request.method,
+            path=path,
+            status=str(response.status_code),
+        )
         metrics.observe("http_request_seconds", elapsed, service=ctx.name, method=request.method, path=path)
         response.headers["X-Correlation-Id"] = cid
         # the path template, never the query string: a phone lookup must not reach the logs
-        log.info("request", extra={"method": request.method, "path": path, "status": response.status_code,
-                                   "ms": round(elapsed * 1000, 2), "correlation_id": cid})
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": path,
+                "status": response.status_code,
+                "ms": round(elapsed * 1000, 2),
+                "correlation_id": cid,
+            },
+        )
         return response
 
     @app.get("/healthz", tags=["operations"])
@@ -179,8 +202,9 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
             log.warning("readiness: database unreachable", exc_info=True)
         checks["broker"] = _broker_reachable(ctx.settings.kafka_bootstrap)
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

@@ -81,8 +81,15 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class ConsumerRunner:
-    def __init__(self, *, service: str, db: Database, handlers: Handlers, producer: AIOKafkaProducer,
-                 prepare: Prepare | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        db: Database,
+        handlers: Handlers,
+        producer: AIOKafkaProducer,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.service = service
         self.db = db
         self.handlers = handlers
@@ -145,8 +152,12 @@ class ConsumerRunner:
             if highwater is not None:
                 self.lag[tp] = max(0, highwater - offset)
         for topic in self.topics:
-            metrics.set("consumer_lag", sum(n for tp, n in self.lag.items() if tp.topic == topic),
-                        service=self.service, topic=topic)
+            metrics.set(
+                "consumer_lag",
+                sum(n for tp, n in self.lag.items() if tp.topic == topic),
+                service=self.service,
+                topic=topic,
+            )
 
     async def process(self, records: list[ConsumerRecord], stop: asyncio.Event) -> bool:
         """Apply a batch exactly once. True when every record is applied, skipped or dead-lettered;
@@ -241,8 +252,11 @@ class ConsumerRunner:
                         attempt -= 1
                         continue
                     if attempt >= self.settings.consumer_max_attempts:
-                        log.error("event failed %d times; dead-lettering it", attempt,
-                                  extra={"event_id": event.id, "event_type": event.type, "error": repr(exc)})
+                        log.error(
+                            "event failed %d times; dead-lettering it",
+                            attempt,
+                            extra={"event_id": event.id, "event_type": event.type, "error": repr(exc)},
+                        )
                         d.error = f"handler failed {attempt} times: {exc!r}"
                         dead.append(d)
                         break
@@ -253,7 +267,8 @@ class ConsumerRunner:
 
     async def _dead_letter(self, d: Delivery) -> None:
         r = d.record
-        headers = list(r.headers or []) + [
+        headers = [
+            *(r.headers or []),
             ("dlq.error", (d.error or "")[:4000].encode()),
             ("dlq.topic", r.topic.encode()),
             ("dlq.partition", str(r.partition).encode()),
@@ -262,6 +277,7 @@ class ConsumerRunner:
         ]
         await (await self.producer.send(dlq_of(r.topic), value=r.value, key=r.key, headers=headers))
         metrics.inc("events_dead_lettered_total", 1, service=self.service)
-        log.warning("message dead-lettered", extra={"topic": r.topic, "partition": r.partition,
-                                                    "offset": r.offset, "error": d.error})
-
+        log.warning(
+            "message dead-lettered",
+            extra={"topic": r.topic, "partition": r.partition, "offset": r.offset, "error": d.error},
+        )

@@ -15,14 +15,28 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, SmallInteger, Table, Text, and_, bindparam, func,
-    insert, text, update,
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    insert,
+    text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.util import find_tables
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from .clock import Clock, SystemClock
 from .events import CloudEvent, EventData, new_event
@@ -55,7 +69,8 @@ class ServiceTables:
 
 def shared_tables(metadata: MetaData) -> ServiceTables:
     outbox = Table(
-        "outbox", metadata,
+        "outbox",
+        metadata,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("event_id", Text, nullable=False, unique=True),
         Column("event_type", Text, nullable=False),
@@ -68,12 +83,14 @@ def shared_tables(metadata: MetaData) -> ServiceTables:
         Index("outbox_unpublished", "shard", "id", postgresql_where=text("published_at IS NULL")),
     )
     inbox = Table(
-        "inbox", metadata,
+        "inbox",
+        metadata,
         Column("event_id", Text, primary_key=True),
         Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     idempotency = Table(
-        "idempotency_keys", metadata,
+        "idempotency_keys",
+        metadata,
         Column("chain_id", Text, primary_key=True),
         Column("scope", Text, primary_key=True),
         Column("key", Text, primary_key=True),
@@ -125,14 +142,19 @@ class UnitOfWork:
     def now(self) -> datetime:
         return self.clock.now()
 
-    def publish(self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None,
-                replaces: Any = None) -> CloudEvent:
+    def publish(
+        self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None, replaces: Any = None
+    ) -> CloudEvent:
         """Record an event for the outbox. ``replaces``: a key for snapshot events (the latest state
         of something, like a member's progress); a later event with the same key in the same
         transaction takes the earlier one's place, so a batch publishes one snapshot per key."""
         event = new_event(
-            data, member_id=member_id, chain_id=chain_id,
-            correlation_id=self.correlation_id, causation_id=self.causation_id, time=time or self.now(),
+            data,
+            member_id=member_id,
+            chain_id=chain_id,
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+            time=time or self.now(),
         )
         if replaces is not None and replaces in self._replaceable:
             index = self._replaceable.pop(replaces)
@@ -196,8 +218,11 @@ class UnitOfWork:
             params = {**{f"k_{k}": v for k, v in key}, **{f"v_{c}": v for c, v in values.items()}}
             groups.setdefault((table, tuple(k for k, _ in key), tuple(values)), []).append(params)
         for (table, key_columns, value_columns), params in groups.items():
-            stmt = update(table).where(and_(*[table.c[k] == bindparam(f"k_{k}") for k in key_columns])).values(
-                {c: bindparam(f"v_{c}") for c in value_columns})
+            stmt = (
+                update(table)
+                .where(and_(*[table.c[k] == bindparam(f"k_{k}") for k in key_columns]))
+                .values({c: bindparam(f"v_{c}") for c in value_columns})
+            )
             await self.session.execute(stmt, params)
 
     async def flush_outbox(self) -> None:
@@ -207,8 +232,12 @@ class UnitOfWork:
             return
         rows = [
             {
-                "event_id": e.id, "event_type": e.type, "topic": e.topic, "key": e.subject,
-                "shard": shard_of(e.subject, self.shards), "payload": e.to_json().decode(),
+                "event_id": e.id,
+                "event_type": e.type,
+                "topic": e.topic,
+                "key": e.subject,
+                "shard": shard_of(e.subject, self.shards),
+                "payload": e.to_json().decode(),
             }
             for e in self.pending
         ]
@@ -227,17 +256,20 @@ class Database:
     clock: Clock
 
     @classmethod
-    def connect(cls, settings: Settings, tables: ServiceTables, clock: Clock | None = None,
-                pool_size: int | None = None) -> Database:
+    def connect(
+        cls, settings: Settings, tables: ServiceTables, clock: Clock | None = None, pool_size: int | None = None
+    ) -> Database:
         engine = make_engine(settings, pool_size)
         return cls(settings, engine, make_sessionmaker(engine), tables, clock or SystemClock())
 
     @asynccontextmanager
-    async def unit_of_work(self, *, correlation_id: str | None = None,
-                           causation_id: str | None = None) -> AsyncIterator[UnitOfWork]:
+    async def unit_of_work(
+        self, *, correlation_id: str | None = None, causation_id: str | None = None
+    ) -> AsyncIterator[UnitOfWork]:
         async with self.sessions() as session, session.begin():
-            uow = UnitOfWork(session, self.tables, self.clock, self.settings.outbox_shards,
-                             correlation_id, causation_id)
+            uow = UnitOfWork(
+                session, self.tables, self.clock, self.settings.outbox_shards, correlation_id, causation_id
+            )
             yield uow
             await uow.run_at_commit()
             await uow.flush_writes()

@@ -248,9 +248,22 @@ class NotificationFailed(_NotificationEvent):
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.__name__: cls
     for cls in (
-        MemberEnrolled, MemberUpdated, PurchaseRecorded, PurchaseRefunded, ActivityRecorded, ReferralCompleted,
-        PointsChanged, PointsExpiringSoon, TierChanged, TierProgressChanged, PolicyChanged,
-        BenefitGranted, BenefitRedeemed, BenefitRevoked, NotificationSent, NotificationFailed,
+        MemberEnrolled,
+        MemberUpdated,
+        PurchaseRecorded,
+        PurchaseRefunded,
+        ActivityRecorded,
+        ReferralCompleted,
+        PointsChanged,
+        PointsExpiringSoon,
+        TierChanged,
+        TierProgressChanged,
+        PolicyChanged,
+        BenefitGranted,
+        BenefitRedeemed,
+        BenefitRevoked,
+        NotificationSent,
+        NotificationFailed,
     )
 }
 

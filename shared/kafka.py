@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
@@ -40,12 +41,10 @@ async def ensure_topics(settings: Settings, topics: list[str] | None = None, att
             existing = set(await admin.list_topics())
             missing = [t for t in wanted if t not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
                     await admin.create_topics(
                         [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing]
                     )
-                except TopicAlreadyExistsError:
-                    pass  # another process created them first
             return
         except Exception as exc:  # broker still starting
             if attempt == attempts - 1:

@@ -26,7 +26,7 @@ def run_env(schema: str) -> None:
     """The body of every ``env.py``: run this schema's migrations online, async."""
     url = context.config.get_main_option("sqlalchemy.url")
 
-    def do_run(connection) -> None:  # noqa: ANN001
+    def do_run(connection) -> None:
         context.configure(connection=connection, version_table_schema=schema, transaction_per_migration=False)
         with context.begin_transaction():
             context.run_migrations()
@@ -44,7 +44,7 @@ def run_env(schema: str) -> None:
     asyncio.run(go())
 
 
-def create_shared_tables(op, schema: str) -> None:  # noqa: ANN001
+def create_shared_tables(op, schema: str) -> None:
     """For a service's first migration: the outbox (with its NOTIFY trigger), inbox and idempotency keys."""
     from .db import shared_tables
     from .outbox import outbox_notify_ddl
@@ -83,10 +83,19 @@ async def seed_demo(settings: Settings) -> None:
 
     engine = create_async_engine(settings.database_url, poolclass=NullPool)
     try:
-        await upsert_chain(engine, settings.demo_chain_id, "Demo Aesthetics Clinics", timezone="Asia/Shanghai",
-                           webhook_url=settings.demo_webhook_url, webhook_secret=settings.demo_webhook_secret)
-        for scope, key in (("pos", settings.demo_pos_key), ("app", settings.demo_app_key),
-                           ("ops", settings.demo_ops_key)):
+        await upsert_chain(
+            engine,
+            settings.demo_chain_id,
+            "Demo Aesthetics Clinics",
+            timezone="Asia/Shanghai",
+            webhook_url=settings.demo_webhook_url,
+            webhook_secret=settings.demo_webhook_secret,
+        )
+        for scope, key in (
+            ("pos", settings.demo_pos_key),
+            ("app", settings.demo_app_key),
+            ("ops", settings.demo_ops_key),
+        ):
             await add_api_key(engine, settings.demo_chain_id, [scope], name=f"demo-{scope}", key=key)
     finally:
         await engine.dispose()

@@ -63,8 +63,9 @@ class OutboxRelay:
                 self.wake.clear()
                 waiter = asyncio.ensure_future(self.wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, timeout=self.db.settings.outbox_poll_seconds,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=self.db.settings.outbox_poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
                 stopper.cancel()
         finally:
@@ -84,9 +85,11 @@ class OutboxRelay:
         """Publish every committed, unpublished row of every shard this relay can lock."""
         t = self.table
         async with self.db.engine.connect() as conn:
-            shards = (await conn.execute(
-                select(t.c.shard).where(t.c.published_at.is_(None)).group_by(t.c.shard)
-            )).scalars().all()
+            shards = (
+                (await conn.execute(select(t.c.shard).where(t.c.published_at.is_(None)).group_by(t.c.shard)))
+                .scalars()
+                .all()
+            )
         total = 0
         for shard in shards:
             total += await self._publish_shard(shard)
@@ -102,12 +105,14 @@ class OutboxRelay:
                 )
                 if not locked:
                     return published  # another replica owns this shard right now
-                rows = (await conn.execute(
-                    select(t.c.id, t.c.topic, t.c.key, t.c.payload)
-                    .where(t.c.shard == shard, t.c.published_at.is_(None))
-                    .order_by(t.c.id)
-                    .limit(self.db.settings.outbox_batch)
-                )).all()
+                rows = (
+                    await conn.execute(
+                        select(t.c.id, t.c.topic, t.c.key, t.c.payload)
+                        .where(t.c.shard == shard, t.c.published_at.is_(None))
+                        .order_by(t.c.id)
+                        .limit(self.db.settings.outbox_batch)
+                    )
+                ).all()
                 if not rows:
                     return published
                 headers = [("content-type", CONTENT_TYPE.encode())]
@@ -116,9 +121,7 @@ class OutboxRelay:
                     for r in rows
                 ]
                 await asyncio.gather(*futures)
-                await conn.execute(
-                    update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()"))
-                )
+                await conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()")))
             published += len(rows)
             metrics.inc("outbox_published_total", len(rows))
             if len(rows) < self.db.settings.outbox_batch:

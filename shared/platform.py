@@ -26,7 +26,8 @@ SCOPES = ("pos", "app", "ops")
 metadata = MetaData(schema=SCHEMA)
 
 chains = Table(
-    "chains", metadata,
+    "chains",
+    metadata,
     Column("chain_id", Text, primary_key=True),
     Column("name", Text, nullable=False),
     Column("timezone", Text, nullable=False, server_default="Asia/Shanghai"),
@@ -36,7 +37,8 @@ chains = Table(
 )
 
 api_keys = Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     Column("key_hash", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("scopes", ARRAY(Text), nullable=False),
@@ -88,10 +90,13 @@ class PlatformStore:
         if hit and time.monotonic() - hit[0] < self.cache_seconds:
             return hit[1]
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(api_keys.c.chain_id, api_keys.c.scopes, api_keys.c.name)
-                .where(api_keys.c.key_hash == h, api_keys.c.revoked_at.is_(None))
-            )).first()
+            row = (
+                await conn.execute(
+                    select(api_keys.c.chain_id, api_keys.c.scopes, api_keys.c.name).where(
+                        api_keys.c.key_hash == h, api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
         p = Principal(row.chain_id, frozenset(row.scopes), row.name) if row else None
         self._keys[h] = (time.monotonic(), p)
         return p
@@ -112,27 +117,50 @@ class PlatformStore:
         return [Chain(r.chain_id, r.name, r.timezone, r.webhook_url, r.webhook_secret) for r in rows]
 
 
-async def upsert_chain(engine: AsyncEngine, chain_id: str, name: str, *, timezone: str = "Asia/Shanghai",
-                       webhook_url: str | None = None, webhook_secret: str | None = None) -> None:
-    values = dict(chain_id=chain_id, name=name, timezone=timezone, webhook_url=webhook_url,
-                  webhook_secret=webhook_secret)
+async def upsert_chain(
+    engine: AsyncEngine,
+    chain_id: str,
+    name: str,
+    *,
+    timezone: str = "Asia/Shanghai",
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+) -> None:
+    values = dict(
+        chain_id=chain_id, name=name, timezone=timezone, webhook_url=webhook_url, webhook_secret=webhook_secret
+    )
     async with engine.begin() as conn:
-        await conn.execute(pg_insert(chains).values(**values).on_conflict_do_update(
-            index_elements=["chain_id"], set_={k: v for k, v in values.items() if k != "chain_id"}))
+        await conn.execute(
+            pg_insert(chains)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=["chain_id"], set_={k: v for k, v in values.items() if k != "chain_id"}
+            )
+        )
 
 
-async def add_api_key(engine: AsyncEngine, chain_id: str, scopes: list[str], *, name: str,
-                      key: str | None = None) -> str:
+async def add_api_key(
+    engine: AsyncEngine, chain_id: str, scopes: list[str], *, name: str, key: str | None = None
+) -> str:
     """Store a key (hashed) and return it in the clear: the only time it is shown."""
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes {sorted(unknown)}")
     key = key or "mk_" + secrets.token_urlsafe(32)
     async with engine.begin() as conn:
-        await conn.execute(pg_insert(api_keys).values(
-            key_hash=hash_key(key), chain_id=chain_id, scopes=scopes, name=name,
-        ).on_conflict_do_update(index_elements=["key_hash"], set_={"chain_id": chain_id, "scopes": scopes,
-                                                                    "name": name, "revoked_at": None}))
+        await conn.execute(
+            pg_insert(api_keys)
+            .values(
+                key_hash=hash_key(key),
+                chain_id=chain_id,
+                scopes=scopes,
+                name=name,
+            )
+            .on_conflict_do_update(
+                index_elements=["key_hash"],
+                set_={"chain_id": chain_id, "scopes": scopes, "name": name, "revoked_at": None},
+            )
+        )
     return key
 
 

@@ -57,8 +57,16 @@ class Referral(_Doc):
 
 
 KNOWN_BENEFITS = {
-    "discount_percent", "priority_booking", "birthday_voucher", "annual_skin_check", "dedicated_doctor",
-    "care_pack", "private_plan", "24h_response", "welcome_skin_check", "referral_voucher",
+    "discount_percent",
+    "priority_booking",
+    "birthday_voucher",
+    "annual_skin_check",
+    "dedicated_doctor",
+    "care_pack",
+    "private_plan",
+    "24h_response",
+    "welcome_skin_check",
+    "referral_voucher",
 }
 
 
@@ -85,7 +93,7 @@ class Policy(_Doc):
             raise ValueError("tier codes must be unique")
         if self.tiers[0].spend_fen != 0 or self.tiers[0].points != 0:
             raise ValueError("the lowest tier must have zero thresholds")
-        for lower, higher in zip(self.tiers, self.tiers[1:]):
+        for lower, higher in zip(self.tiers, self.tiers[1:], strict=False):
             if not (higher.spend_fen > lower.spend_fen and higher.points > lower.points):
                 raise ValueError(f"thresholds must increase: {higher.code} must be above {lower.code}")
         unknown_tiers = set(self.benefits) - set(codes)
@@ -123,9 +131,12 @@ def _b(code: str, **kw: object) -> BenefitRule:
 
 
 def _tier_benefits(percent: int, extra: list[BenefitRule]) -> list[BenefitRule]:
-    return [_b("discount_percent", kind="discount", percent=percent), _b("priority_booking"),
-            _b("birthday_voucher", kind="voucher", value_fen=100_000, uses=1, valid_days=31,
-               trigger="birthday"), *extra]
+    return [
+        _b("discount_percent", kind="discount", percent=percent),
+        _b("priority_booking"),
+        _b("birthday_voucher", kind="voucher", value_fen=100_000, uses=1, valid_days=31, trigger="birthday"),
+        *extra,
+    ]
 
 
 _SKIN = _b("annual_skin_check", uses=1, valid_days=365)
@@ -143,7 +154,6 @@ DEFAULT_POLICY = Policy(
         "member": _tier_benefits(100, []),
         "silver": _tier_benefits(95, [_SKIN]),
         "gold": _tier_benefits(85, [_SKIN, _b("dedicated_doctor"), _CARE]),
-        "diamond": _tier_benefits(70, [_SKIN, _b("dedicated_doctor"), _CARE, _b("private_plan"),
-                                       _b("24h_response")]),
+        "diamond": _tier_benefits(70, [_SKIN, _b("dedicated_doctor"), _CARE, _b("private_plan"), _b("24h_response")]),
     },
 )

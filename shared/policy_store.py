@@ -23,7 +23,8 @@ from .policy import DEFAULT_POLICY, Policy
 
 def policy_table(metadata: MetaData) -> Table:
     return Table(
-        "policies", metadata,
+        "policies",
+        metadata,
         Column("chain_id", Text, nullable=False),
         Column("version", Integer, nullable=False),
         Column("document", JSONB, nullable=False),
@@ -32,7 +33,7 @@ def policy_table(metadata: MetaData) -> Table:
     )
 
 
-def create_policy_table(op, schema: str) -> None:  # noqa: ANN001
+def create_policy_table(op, schema: str) -> None:
     """For a service's migration."""
     policy_table(MetaData(schema=schema)).create(op.get_bind())
 
@@ -47,23 +48,34 @@ class PolicyStore:
         hit = self._current.get(chain_id)
         if hit and time.monotonic() - hit[0] < self.cache_seconds:
             return hit[1]
-        doc = await session.scalar(select(self.table.c.document).where(self.table.c.chain_id == chain_id)
-                                   .order_by(self.table.c.version.desc()).limit(1))
+        doc = await session.scalar(
+            select(self.table.c.document)
+            .where(self.table.c.chain_id == chain_id)
+            .order_by(self.table.c.version.desc())
+            .limit(1)
+        )
         policy = Policy.model_validate(doc) if doc is not None else DEFAULT_POLICY
         self._current[chain_id] = (time.monotonic(), policy)
         return policy
 
     async def version(self, session: AsyncSession, chain_id: str, version: int) -> Policy | None:
-        doc = await session.scalar(select(self.table.c.document).where(
-            self.table.c.chain_id == chain_id, self.table.c.version == version))
+        doc = await session.scalar(
+            select(self.table.c.document).where(self.table.c.chain_id == chain_id, self.table.c.version == version)
+        )
         if doc is None:
             return DEFAULT_POLICY if version == DEFAULT_POLICY.version else None
         return Policy.model_validate(doc)
 
     async def store(self, session: AsyncSession, chain_id: str, policy: Policy) -> None:
-        await session.execute(pg_insert(self.table).values(
-            chain_id=chain_id, version=policy.version, document=policy.model_dump(mode="json"),
-        ).on_conflict_do_nothing())
+        await session.execute(
+            pg_insert(self.table)
+            .values(
+                chain_id=chain_id,
+                version=policy.version,
+                document=policy.model_dump(mode="json"),
+            )
+            .on_conflict_do_nothing()
+        )
         hit = self._current.get(chain_id)
         if hit is None or hit[1].version <= policy.version:
             self._current[chain_id] = (time.monotonic(), policy)

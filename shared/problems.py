@@ -31,8 +31,12 @@ class Problem(Exception):
         self.extra = extra
 
     def document(self, instance: str | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": TYPE_BASE + self.slug, "title": self.title, "status": self.status,
-                               "detail": self.detail}
+        doc: dict[str, Any] = {
+            "type": TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
         if instance:
             doc["instance"] = instance
         doc.update(self.extra)
@@ -59,16 +63,27 @@ class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict with the current state"
 
 
-def problem_response(problem: Problem, request: Request | None = None, headers: dict[str, str] | None = None
-                     ) -> JSONResponse:
+def problem_response(
+    problem: Problem, request: Request | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     instance = str(request.url.path) if request is not None else None
-    return JSONResponse(problem.document(instance), status_code=problem.status, media_type=PROBLEM_JSON,
-                        headers=headers)
+    return JSONResponse(
+        problem.document(instance), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
-_STATUS_SLUGS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-                 405: "method-not-allowed", 409: "conflict", 413: "too-large", 415: "unsupported-media-type",
-                 422: "validation", 429: "too-many-requests"}
+_STATUS_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    429: "too-many-requests",
+}
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -40,9 +40,15 @@ async def _purge_table(db: Database, table: str, where: str, age: timedelta, ser
     total = 0
     while True:
         async with db.engine.begin() as conn:
-            deleted = (await conn.execute(text(
-                f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {where} LIMIT {BATCH}))"
-            ), {"age": age})).rowcount
+            deleted = (
+                await conn.execute(
+                    text(
+                        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                        f"SELECT ctid FROM {table} WHERE {where} LIMIT {BATCH}))"
+                    ),
+                    {"age": age},
+                )
+            ).rowcount
         total += deleted
         if deleted < BATCH:
             break
@@ -56,8 +62,9 @@ async def purge(db: Database, service: str) -> Purged:
     s, t = db.settings, db.tables
 
     async def older(table: Table, column: str, age: timedelta) -> int:
-        return await _purge_table(db, f"{table.schema}.{table.name}", f"{column} < now() - CAST(:age AS interval)",
-                                  age, service)
+        return await _purge_table(
+            db, f"{table.schema}.{table.name}", f"{column} < now() - CAST(:age AS interval)", age, service
+        )
 
     purged = Purged(
         outbox=await older(t.outbox, "published_at", timedelta(days=s.outbox_retention_days)),
@@ -65,6 +72,8 @@ async def purge(db: Database, service: str) -> Purged:
         idempotency_keys=await older(t.idempotency, "created_at", timedelta(hours=s.idempotency_key_hours)),
     )
     if purged.outbox or purged.inbox or purged.idempotency_keys:
-        log.info("retention purge", extra={"outbox": purged.outbox, "inbox": purged.inbox,
-                                           "idempotency_keys": purged.idempotency_keys})
+        log.info(
+            "retention purge",
+            extra={"outbox": purged.outbox, "inbox": purged.inbox, "idempotency_keys": purged.idempotency_keys},
+        )
     return purged

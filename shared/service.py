@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -81,19 +82,20 @@ async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.E
             await schedule.run(ctx)
         except Exception:
             log.exception("schedule failed", extra={"schedule": schedule.name})
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
 
 
 def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedule]:
     """The service's own schedules, and the retention purge of its shared tables every worker runs."""
+
     async def retention(ctx: ServiceContext) -> None:
         await purge(ctx.db, defn.name)
 
-    return [*defn.schedules, Schedule(name="retention", run=retention,
-                                      interval_seconds=settings.retention_interval_seconds)]
+    return [
+        *defn.schedules,
+        Schedule(name="retention", run=retention, interval_seconds=settings.retention_interval_seconds),
+    ]
 
 
 async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.Event) -> None:
@@ -113,22 +115,27 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
             log.warning("readiness: database unreachable", exc_info=True)
             return False
 
-    tasks.append(asyncio.create_task(serve_worker_endpoint(
-        settings.host, settings.worker_port_of(defn.name), service=defn.name, ready=ready, stop=stop), name="endpoint"))
+    tasks.append(
+        asyncio.create_task(
+            serve_worker_endpoint(
+                settings.host, settings.worker_port_of(defn.name), service=defn.name, ready=ready, stop=stop
+            ),
+            name="endpoint",
+        )
+    )
     if defn.handlers:
-        runner = ConsumerRunner(service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer,
-                                prepare=defn.prepare)
+        runner = ConsumerRunner(
+            service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer, prepare=defn.prepare
+        )
         tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
-    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name)
-              for s in worker_schedules(defn, settings)]
+    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in worker_schedules(defn, settings)]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
     died = False
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
             if t.exception() is not None:
-                log.error("worker task died; stopping the worker", exc_info=t.exception(),
-                          extra={"task": t.get_name()})
+                log.error("worker task died; stopping the worker", exc_info=t.exception(), extra={"task": t.get_name()})
                 died = True
                 stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -159,9 +166,16 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
         import uvicorn
 
         app = create_app(defn, settings)
-        uvicorn.run(app, host=settings.host, port=settings.port_of(defn.name), log_config=None,
-                    access_log=False, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port_of(defn.name),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     else:
+
         async def go() -> None:
             stop = asyncio.Event()
             _stop_on_signals(stop)

@@ -22,8 +22,10 @@ MAX_REQUEST_BYTES = 8192
 
 def _response(status: int, body: bytes, content_type: str) -> bytes:
     reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -32,8 +34,9 @@ def _problem(status: int, title: str) -> bytes:
     return _response(status, json.dumps(doc).encode(), "application/problem+json")
 
 
-async def serve(host: str, port: int, *, service: str, ready: Callable[[], Awaitable[bool]],
-                stop: asyncio.Event) -> None:
+async def serve(
+    host: str, port: int, *, service: str, ready: Callable[[], Awaitable[bool]], stop: asyncio.Event
+) -> None:
     """Serve until ``stop`` is set. ``ready()`` answers /readyz (the worker's own checks)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,12 +49,16 @@ async def serve(host: str, port: int, *, service: str, ready: Callable[[], Await
             elif path == "/metrics":
                 out = _response(200, metrics.render().encode(), "text/plain; version=0.0.4")
             elif path == "/healthz":
-                out = _response(200, json.dumps({"status": "ok", "service": service, "role": "worker"}).encode(),
-                                "application/json")
+                out = _response(
+                    200, json.dumps({"status": "ok", "service": service, "role": "worker"}).encode(), "application/json"
+                )
             elif path == "/readyz":
                 ok = await ready()
-                out = _response(200 if ok else 503, json.dumps({"status": "ready" if ok else "not ready"}).encode(),
-                                "application/json")
+                out = _response(
+                    200 if ok else 503,
+                    json.dumps({"status": "ready" if ok else "not ready"}).encode(),
+                    "application/json",
+                )
             else:
                 out = _problem(404, "Not found.")
             writer.write(out)

@@ -47,8 +47,17 @@ class Api:
         self.urls = urls
         self.http = httpx.Client(timeout=30.0)
 
-    def call(self, method: str, service: str, path: str, *, key: str | None = APP, json_body: Any = None,
-             headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> httpx.Response:
+    def call(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        key: str | None = APP,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
         h = dict(headers or {})
         if key is not None:
             h["Authorization"] = f"Bearer {key}"
@@ -82,17 +91,29 @@ class Api:
         assert r.status_code == 201, r.text
         return r.json()
 
-    def purchase(self, member_id: str, amount_fen: int, *, occurred_at: datetime | None = None,
-                 pos_txn_id: str | None = None, clinic_id: str = "clinic-1") -> dict[str, Any]:
-        body = purchase_body(member_id, amount_fen, occurred_at=occurred_at, pos_txn_id=pos_txn_id,
-                             clinic_id=clinic_id)
+    def purchase(
+        self,
+        member_id: str,
+        amount_fen: int,
+        *,
+        occurred_at: datetime | None = None,
+        pos_txn_id: str | None = None,
+        clinic_id: str = "clinic-1",
+    ) -> dict[str, Any]:
+        body = purchase_body(member_id, amount_fen, occurred_at=occurred_at, pos_txn_id=pos_txn_id, clinic_id=clinic_id)
         r = self.post("enrollment", "/v1/purchases", body, key=POS)
         assert r.status_code in (200, 202), r.text
         return r.json()
 
 
-def purchase_body(member_id: str, amount_fen: int, *, occurred_at: datetime | None = None,
-                  pos_txn_id: str | None = None, clinic_id: str = "clinic-1") -> dict[str, Any]:
+def purchase_body(
+    member_id: str,
+    amount_fen: int,
+    *,
+    occurred_at: datetime | None = None,
+    pos_txn_id: str | None = None,
+    clinic_id: str = "clinic-1",
+) -> dict[str, Any]:
     return {
         "pos_txn_id": pos_txn_id or f"txn-{uuid.uuid4()}",
         "clinic_id": clinic_id,
@@ -121,15 +142,16 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if receiver.fail_next > 0:
                     receiver.fail_next -= 1
                     self.send_response(503)
                     self.end_headers()
                     return
-                receiver.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                                          "body": body, "path": self.path})
+                receiver.requests.append(
+                    {"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "path": self.path}
+                )
                 self.send_response(200)
                 self.end_headers()
 

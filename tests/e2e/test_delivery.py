@@ -32,10 +32,11 @@ def _snapshot(api: Api, mid: str) -> dict:
     }
 
 
-def _read_topic(bootstrap: str, topic: str, predicate=lambda rec: True, timeout: float = 5.0) -> list:  # noqa: ANN001
+def _read_topic(bootstrap: str, topic: str, predicate=lambda rec: True, timeout: float = 5.0) -> list:
     async def go() -> list:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+        )
         await consumer.start()
         try:
             parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
@@ -65,14 +66,28 @@ def _silver_member(api: Api) -> str:
     api.purchase(mid, 2_000_000)
     api.purchase(mid, 3_100_000)
     eventually(lambda: api.get("tiering", f"/v1/members/{mid}/tier", key=APP).json()["code"] == "silver")
-    eventually(lambda: "annual_skin_check" in {
-        b["code"] for b in api.get("benefits", f"/v1/members/{mid}/benefits", key=APP).json()["items"]})
-    eventually(lambda: len([n for n in api.get("notify", f"/v1/members/{mid}/notifications", key=APP).json()[
-        "items"] if n["status"] == "sent"]) >= 3)
+    eventually(
+        lambda: (
+            "annual_skin_check"
+            in {b["code"] for b in api.get("benefits", f"/v1/members/{mid}/benefits", key=APP).json()["items"]}
+        )
+    )
+    eventually(
+        lambda: (
+            len(
+                [
+                    n
+                    for n in api.get("notify", f"/v1/members/{mid}/notifications", key=APP).json()["items"]
+                    if n["status"] == "sent"
+                ]
+            )
+            >= 3
+        )
+    )
     return mid
 
 
-def test_the_same_events_delivered_again_change_nothing(api: Api, stack) -> None:  # noqa: ANN001
+def test_the_same_events_delivered_again_change_nothing(api: Api, stack) -> None:
     mid = _silver_member(api)
     stack.wait_settled()  # every notification the member's history causes exists before the snapshot
     before = _snapshot(api, mid)
@@ -89,7 +104,7 @@ def test_the_same_events_delivered_again_change_nothing(api: Api, stack) -> None
     assert _snapshot(api, mid) == before
 
 
-def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # noqa: ANN001
+def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:
     mid = _silver_member(api)
     stack.wait_settled()  # every notification the member's history causes exists before the snapshot
     before = _snapshot(api, mid)
@@ -98,8 +113,13 @@ def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # n
 
     async def rewind(group: str, topics: list[str]) -> None:
         """Join the group as its only member (the worker is stopped) and commit offset 0 everywhere."""
-        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=stack.broker.bootstrap, group_id=group,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=stack.broker.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         try:
             expected = sum(len(consumer.partitions_for_topic(t) or ()) for t in topics)
@@ -119,13 +139,14 @@ def test_a_rewound_consumer_group_changes_nothing(api: Api, stack) -> None:  # n
     marker = api.enrol()["member_id"]
     api.purchase(marker, 100_000)
     eventually(lambda: api.get("points", f"/v1/members/{marker}/points", key=APP).json()["balance"] == 2_000)
-    eventually(lambda: api.get("tiering", f"/v1/members/{marker}/tier", key=APP).json()["progress"][
-        "spend_fen"] == 100_000)
+    eventually(
+        lambda: api.get("tiering", f"/v1/members/{marker}/tier", key=APP).json()["progress"]["spend_fen"] == 100_000
+    )
     stack.wait_settled()
     assert _snapshot(api, mid) == before
 
 
-def test_sigkilled_workers_lose_and_double_count_nothing(api: Api, stack) -> None:  # noqa: ANN001
+def test_sigkilled_workers_lose_and_double_count_nothing(api: Api, stack) -> None:
     members = [api.enrol()["member_id"] for _ in range(5)]
     amounts = [10_000 + 100 * i for i in range(200)]  # 100.00 .. 299.00 yuan
     expected = {m: 0 for m in members}
@@ -141,8 +162,13 @@ def test_sigkilled_workers_lose_and_double_count_nothing(api: Api, stack) -> Non
 
     poster = threading.Thread(target=post_all)
     poster.start()
-    eventually(lambda: len([1 for m in members if api.get("points", f"/v1/members/{m}/points", key=APP).json()[
-        "balance"] > 0]) > 0, timeout=30, interval=0.05)
+    eventually(
+        lambda: (
+            len([1 for m in members if api.get("points", f"/v1/members/{m}/points", key=APP).json()["balance"] > 0]) > 0
+        ),
+        timeout=30,
+        interval=0.05,
+    )
     stack.stop_process("points-worker", sig=signal.SIGKILL)
     stack.stop_process("enrollment-worker", sig=signal.SIGKILL)  # its outbox relay, mid-stream
     stack.start_process("points", "worker")
@@ -164,13 +190,16 @@ def test_sigkilled_workers_lose_and_double_count_nothing(api: Api, stack) -> Non
         assert len(ledger["items"]) == len(amounts) // len(members)
 
 
-def test_a_malformed_message_is_dead_lettered_and_the_events_behind_it_applied(api: Api, stack) -> None:  # noqa: ANN001
+def test_a_malformed_message_is_dead_lettered_and_the_events_behind_it_applied(api: Api, stack) -> None:
     mid = api.enrol()["member_id"]
     eventually(lambda: api.get("points", f"/v1/members/{mid}/points", key=APP).status_code == 200)
     poison = b'{"specversion": "1.0", "type": "PurchaseRecorded", "data": {"amount_fen": "lots"}}'
     garbage = b"\xff\xfe not json " + uuid.uuid4().hex.encode()
-    publish_events(stack.broker.bootstrap, [], raw=[(topic_of("enrollment"), mid.encode(), poison),
-                                                    (topic_of("enrollment"), mid.encode(), garbage)])
+    publish_events(
+        stack.broker.bootstrap,
+        [],
+        raw=[(topic_of("enrollment"), mid.encode(), poison), (topic_of("enrollment"), mid.encode(), garbage)],
+    )
     api.purchase(mid, 50_000)
     eventually(lambda: api.get("points", f"/v1/members/{mid}/points", key=APP).json()["balance"] == 1_000)
 

@@ -13,8 +13,9 @@ from tests.helpers import APP, OPS, POS, Api, WebhookReceiver, eventually
 pytestmark = pytest.mark.e2e
 
 
-def test_a_member_buying_past_50000_yuan_becomes_silver_everywhere(api: Api, webhook: WebhookReceiver,
-                                                                    stack: Stack) -> None:
+def test_a_member_buying_past_50000_yuan_becomes_silver_everywhere(
+    api: Api, webhook: WebhookReceiver, stack: Stack
+) -> None:
     member = api.enrol(consents={"marketing": False, "sms": True, "email": False})
     mid = member["member_id"]
     # 30,000 + 25,000 yuan in the first 30 days: double points, 110,000 in all; spend 55,000 yuan
@@ -64,7 +65,8 @@ def test_a_member_buying_past_50000_yuan_becomes_silver_everywhere(api: Api, web
         items = api.get("notify", f"/v1/members/{mid}/notifications", key=APP).json()["items"]
         tier_ups = [n for n in items if n["kind"] == "tier_up"]
         assert {n["channel"] for n in tier_ups} == {"webhook", "sms"} and all(
-            n["status"] == "sent" for n in tier_ups), items
+            n["status"] == "sent" for n in tier_ups
+        ), items
         return items
 
     # "one tier_up webhook" only means something once every event is consumed (every notification
@@ -84,12 +86,14 @@ def test_a_member_buying_past_50000_yuan_becomes_silver_everywhere(api: Api, web
         return doc
 
     s = eventually(status)
-    assert s["tier"]["review_at"] == t["review_at"].replace("+00:00", "Z") or s["tier"]["review_at"][:19] == \
-        t["review_at"][:19]
+    assert (
+        s["tier"]["review_at"] == t["review_at"].replace("+00:00", "Z")
+        or s["tier"]["review_at"][:19] == t["review_at"][:19]
+    )
     assert s["progress"]["next_tier"] == "gold"
 
 
-def test_the_phone_never_reaches_a_log(api: Api, stack) -> None:  # noqa: ANN001
+def test_the_phone_never_reaches_a_log(api: Api, stack) -> None:
     phone = "13912340000"
     member = api.enrol(phone=phone)
     api.get("enrollment", "/v1/members", key=POS, params={"phone": phone})

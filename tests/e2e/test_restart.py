@@ -90,9 +90,12 @@ def _query(stack: Stack, sql: str, *args: Any) -> Any:
 
 def _purchase_recorded(stack: Stack, purchase_id: str) -> Any:
     """Enrollment's outbox row of the purchase's PurchaseRecorded (event_id, published_at)."""
-    return _query(stack, "SELECT event_id, published_at FROM enrollment.outbox "
-                         "WHERE event_type = 'PurchaseRecorded' AND payload::jsonb #>> '{data,purchase_id}' = $1",
-                  purchase_id)
+    return _query(
+        stack,
+        "SELECT event_id, published_at FROM enrollment.outbox "
+        "WHERE event_type = 'PurchaseRecorded' AND payload::jsonb #>> '{data,purchase_id}' = $1",
+        purchase_id,
+    )
 
 
 def _balance(api: Api, mid: str) -> int:
@@ -114,8 +117,7 @@ def _progress(api: Api, mid: str) -> tuple[int, int]:
     return progress["spend_fen"], progress["points"]
 
 
-def test_an_event_only_the_old_broker_held_is_applied_once_after_a_restart(
-        launch: Callable[[], Stack]) -> None:
+def test_an_event_only_the_old_broker_held_is_applied_once_after_a_restart(launch: Callable[[], Stack]) -> None:
     stack = launch()
     api = Api({s: stack.url(s) for s in SERVICES})
     try:

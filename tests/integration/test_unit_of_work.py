@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 SCHEMA = "uow_test"
 metadata = MetaData(schema=SCHEMA)
-things = Table("things", metadata, Column("thing_id", Text, primary_key=True), Column("n", BigInteger),
-               Column("note", Text))
+things = Table(
+    "things", metadata, Column("thing_id", Text, primary_key=True), Column("n", BigInteger), Column("note", Text)
+)
 log = Table("log", metadata, Column("seq", BigInteger, Identity(), primary_key=True), Column("what", Text))
 
 

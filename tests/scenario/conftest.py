@@ -53,7 +53,9 @@ def scenario_webhook() -> Iterator[WebhookReceiver]:
 def scenario_stack(scenario_webhook: WebhookReceiver) -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="membership-scenario-"))
     stack = Stack(
-        data_dir=data_dir, pg_port=free_port(), broker_port=free_port(),
+        data_dir=data_dir,
+        pg_port=free_port(),
+        broker_port=free_port(),
         service_ports={s: free_port() for s in SERVICES},
         pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
         env_overrides={

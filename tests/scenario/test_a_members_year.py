@@ -29,6 +29,7 @@ def _month_after(day: date, months: int) -> date:
 
 def _events_of(bootstrap: str, member_id: str) -> list:
     """Every event about ``member_id`` on every topic, in the order of their time."""
+
     async def go() -> list:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
         await consumer.start()
@@ -52,7 +53,7 @@ def _events_of(bootstrap: str, member_id: str) -> list:
     return asyncio.run(go())
 
 
-def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webhook: WebhookReceiver) -> None:  # noqa: ANN001, PLR0915
+def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webhook: WebhookReceiver) -> None:
     api = scenario_api
     start = clock.now()
     # a shorter expiry than the default 24 months, so the warning falls inside the year
@@ -66,18 +67,27 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     local_start = start.astimezone(SHANGHAI).date()
     birth_month = _month_after(local_start, 3)
     referrer = api.enrol(birthday=f"1985-{(birth_month.month % 12) + 1:02d}-10")
-    member = api.enrol(birthday=f"1992-{birth_month.month:02d}-15", referral_code=referrer["referral_code"],
-                       source="referral", consents={"marketing": True, "sms": True, "email": False})
+    member = api.enrol(
+        birthday=f"1992-{birth_month.month:02d}-15",
+        referral_code=referrer["referral_code"],
+        source="referral",
+        consents={"marketing": True, "sms": True, "email": False},
+    )
     mid, rid = member["member_id"], referrer["member_id"]
 
     # day 0: 60,000 yuan, double points in the first 30 days → 120,000 points, silver at once
-    r = api.post("enrollment", "/v1/purchases", purchase_body(mid, 6_000_000, occurred_at=clock.now()),
-                 key="dev-pos-key-0000000000000000")
+    r = api.post(
+        "enrollment",
+        "/v1/purchases",
+        purchase_body(mid, 6_000_000, occurred_at=clock.now()),
+        key="dev-pos-key-0000000000000000",
+    )
     assert r.status_code == 202
     eventually(lambda: api.get("tiering", f"/v1/members/{mid}/tier").json()["code"] == "silver")
     tier = api.get("tiering", f"/v1/members/{mid}/tier").json()
     review_at = datetime.fromisoformat(tier["review_at"])
     assert review_at.date() in {(start + timedelta(days=d)).date() for d in (365, 366)}
+
     # tiering and points apply the purchase independently: wait for points' own view of it (the
     # expected balance, not just the first non-zero one)
     def points_of_the_purchase() -> dict:
@@ -92,10 +102,18 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     clock.advance(days=8)
     eventually(lambda: api.get("enrollment", f"/v1/members/{mid}").json()["referral_status"] == "completed")
     eventually(lambda: api.get("points", f"/v1/members/{rid}/points").json()["balance"] == 500)
-    eventually(lambda: {"referral_voucher"} <= {b["code"] for b in api.get(
-        "benefits", f"/v1/members/{rid}/benefits").json()["items"]})
-    eventually(lambda: "welcome_skin_check" in {b["code"] for b in api.get(
-        "benefits", f"/v1/members/{mid}/benefits").json()["items"]})
+    eventually(
+        lambda: (
+            {"referral_voucher"}
+            <= {b["code"] for b in api.get("benefits", f"/v1/members/{rid}/benefits").json()["items"]}
+        )
+    )
+    eventually(
+        lambda: (
+            "welcome_skin_check"
+            in {b["code"] for b in api.get("benefits", f"/v1/members/{mid}/benefits").json()["items"]}
+        )
+    )
     assert api.get("points", f"/v1/members/{mid}/points").json()["available"] == 120_000
     # the status view agrees though no points event came: it knew when the pending points would be released
     view = api.get("enrollment", f"/v1/members/{mid}/status").json()["points"]
@@ -105,8 +123,11 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     clock.advance_to(datetime.combine(birth_month, datetime.min.time(), SHANGHAI) + timedelta(hours=9))
 
     def birthday_vouchers() -> list:
-        items = [b for b in api.get("benefits", f"/v1/members/{mid}/benefits").json()["items"]
-                 if b["code"] == "birthday_voucher"]
+        items = [
+            b
+            for b in api.get("benefits", f"/v1/members/{mid}/benefits").json()["items"]
+            if b["code"] == "birthday_voucher"
+        ]
         assert items
         return items
 
@@ -114,14 +135,20 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
 
     # 30 days before the lots expire (end of the 6th month after day 0): one warning
     expires_on = _month_after(local_start, 7) - timedelta(days=1)
-    clock.advance_to(datetime.combine(expires_on - timedelta(days=29), datetime.min.time(), SHANGHAI)
-                     + timedelta(hours=3))
-    eventually(lambda: any(n["kind"] == "points_expiring" for n in api.get(
-        "notify", f"/v1/members/{mid}/notifications").json()["items"]))
+    clock.advance_to(
+        datetime.combine(expires_on - timedelta(days=29), datetime.min.time(), SHANGHAI) + timedelta(hours=3)
+    )
+    eventually(
+        lambda: any(
+            n["kind"] == "points_expiring"
+            for n in api.get("notify", f"/v1/members/{mid}/notifications").json()["items"]
+        )
+    )
 
     # the day after expiry: the points are gone
-    clock.advance_to(datetime.combine(expires_on + timedelta(days=1), datetime.min.time(), SHANGHAI)
-                     + timedelta(hours=3))
+    clock.advance_to(
+        datetime.combine(expires_on + timedelta(days=1), datetime.min.time(), SHANGHAI) + timedelta(hours=3)
+    )
     eventually(lambda: api.get("points", f"/v1/members/{mid}/points").json()["balance"] == 0)
 
     # the review, a year after the upgrade: no spend in the trailing year → down one tier
@@ -129,7 +156,9 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     eventually(lambda: api.get("tiering", f"/v1/members/{mid}/tier").json()["code"] == "member", timeout=60)
     history = api.get("tiering", f"/v1/members/{mid}/tier/history").json()["items"]
     assert [(h["from_tier"], h["to_tier"], h["reason"]) for h in history] == [
-        ("member", "silver", "qualified"), ("silver", "member", "review")]
+        ("member", "silver", "qualified"),
+        ("silver", "member", "review"),
+    ]
 
     # benefits applies the review's TierChanged on its own, after tiering made it: wait for its view
     def benefits_after_the_review() -> list:
@@ -165,8 +194,15 @@ def test_a_members_year(scenario_api: Api, scenario_stack, clock, scenario_webho
     # notify): every outbox has to be published before the topics are read
     scenario_stack.wait_settled()
     types = [e.type for e in _events_of(scenario_stack.broker.bootstrap, mid)]
-    expected_order = ["MemberEnrolled", "PurchaseRecorded", "TierChanged", "BenefitGranted", "PointsExpiringSoon",
-                      "TierChanged", "BenefitRevoked"]
+    expected_order = [
+        "MemberEnrolled",
+        "PurchaseRecorded",
+        "TierChanged",
+        "BenefitGranted",
+        "PointsExpiringSoon",
+        "TierChanged",
+        "BenefitRevoked",
+    ]
     it = iter(types)
     assert all(t in it for t in expected_order), types  # a subsequence, in time order
     assert types.index("PurchaseRecorded") < types.index("PointsChanged") < types.index("PointsExpiringSoon")

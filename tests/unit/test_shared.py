@@ -11,16 +11,29 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.events import (
-    EVENT_TYPES, PointsChanged, PurchaseItem, PurchaseRecorded, UndecodableEvent, decode, new_event, topic_of,
+    EVENT_TYPES,
+    PointsChanged,
+    PurchaseItem,
+    PurchaseRecorded,
+    UndecodableEvent,
+    decode,
+    new_event,
+    topic_of,
 )
 from shared.observability import mask_phone, redact
 from shared.policy import DEFAULT_POLICY, Policy
 
 
 def _purchase() -> PurchaseRecorded:
-    return PurchaseRecorded(purchase_id="p1", pos_txn_id="t1", clinic_id="c1", member_id="m1", amount_fen=100,
-                            occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
-                            items=[PurchaseItem(sku="s", category="c", amount_fen=100, qty=1)])
+    return PurchaseRecorded(
+        purchase_id="p1",
+        pos_txn_id="t1",
+        clinic_id="c1",
+        member_id="m1",
+        amount_fen=100,
+        occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
+        items=[PurchaseItem(sku="s", category="c", amount_fen=100, qty=1)],
+    )
 
 
 def test_an_event_round_trips_through_its_cloudevents_json() -> None:
@@ -34,24 +47,42 @@ def test_an_event_round_trips_through_its_cloudevents_json() -> None:
 
 
 def test_every_event_type_is_registered_under_its_class_name() -> None:
-    assert {"MemberEnrolled", "PurchaseRecorded", "PurchaseRefunded", "ActivityRecorded", "ReferralCompleted",
-            "PointsChanged", "PointsExpiringSoon", "TierChanged", "BenefitGranted", "BenefitRedeemed",
-            "BenefitRevoked", "NotificationSent", "NotificationFailed"} <= set(EVENT_TYPES)
+    assert {
+        "MemberEnrolled",
+        "PurchaseRecorded",
+        "PurchaseRefunded",
+        "ActivityRecorded",
+        "ReferralCompleted",
+        "PointsChanged",
+        "PointsExpiringSoon",
+        "TierChanged",
+        "BenefitGranted",
+        "BenefitRedeemed",
+        "BenefitRevoked",
+        "NotificationSent",
+        "NotificationFailed",
+    } <= set(EVENT_TYPES)
     assert all(name == cls.__name__ for name, cls in EVENT_TYPES.items())
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xff\xfe", b"[]", b'{"type": "NoSuchEvent", "data": {}}',
-    b'{"specversion": "1.0", "type": "PurchaseRecorded", "data": {"amount_fen": "lots"}}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe",
+        b"[]",
+        b'{"type": "NoSuchEvent", "data": {}}',
+        b'{"specversion": "1.0", "type": "PurchaseRecorded", "data": {"amount_fen": "lots"}}',
+    ],
+)
 def test_undecodable_messages_raise_one_error_type(raw: bytes) -> None:
     with pytest.raises(UndecodableEvent):
         decode(raw)
 
 
 def test_unknown_data_fields_are_ignored_so_producers_can_add_fields() -> None:
-    event = new_event(PointsChanged(entry_id="e", delta=1, balance=1, entry_type="earn", reason="r"),
-                      member_id="m", chain_id="c")
+    event = new_event(
+        PointsChanged(entry_id="e", delta=1, balance=1, entry_type="earn", reason="r"), member_id="m", chain_id="c"
+    )
     doc = json.loads(event.to_json())
     doc["data"]["a_new_field"] = 42
     assert decode(json.dumps(doc)).data == event.data
@@ -91,13 +122,18 @@ def test_a_policy_with_an_unknown_benefit_is_rejected() -> None:
         Policy.model_validate(doc)
 
 
-
-
 def test_a_well_formed_event_of_an_unknown_type_is_told_apart_from_poison() -> None:
     from shared.events import UnknownEventType
 
-    newer = {"specversion": "1.0", "id": "e1", "source": "membership/benefits", "type": "BenefitExpired",
-             "subject": "m1", "chainid": "c", "data": {"benefit_id": "b"}}
+    newer = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "membership/benefits",
+        "type": "BenefitExpired",
+        "subject": "m1",
+        "chainid": "c",
+        "data": {"benefit_id": "b"},
+    }
     with pytest.raises(UnknownEventType):
         decode(json.dumps(newer))
     with pytest.raises(UndecodableEvent) as garbage:
@@ -113,13 +149,21 @@ async def test_a_snapshot_event_replaces_the_earlier_one_of_its_key_in_the_same_
     uow = UnitOfWork(session=None, tables=None, clock=SystemClock(), shards=12)  # type: ignore[arg-type]
 
     def progress(spend: int) -> TierProgressChanged:
-        return TierProgressChanged(tier="member", next_tier="silver", spend_fen=spend, spend_needed_fen=0,
-                                   points=0, points_needed=0, policy_version=1)
+        return TierProgressChanged(
+            tier="member",
+            next_tier="silver",
+            spend_fen=spend,
+            spend_needed_fen=0,
+            points=0,
+            points_needed=0,
+            policy_version=1,
+        )
 
     uow.publish(progress(1), member_id="m1", chain_id="c", replaces=("progress", "m1"))
     other = uow.publish(progress(5), member_id="m2", chain_id="c", replaces=("progress", "m2"))
-    plain = uow.publish(PointsChanged(entry_id="e", delta=1, balance=1, entry_type="earn", reason="r"),
-                        member_id="m1", chain_id="c")
+    plain = uow.publish(
+        PointsChanged(entry_id="e", delta=1, balance=1, entry_type="earn", reason="r"), member_id="m1", chain_id="c"
+    )
     last = uow.publish(progress(2), member_id="m1", chain_id="c", replaces=("progress", "m1"))
     kept = [e for e in uow.pending if e is not None]
     assert kept == [other, plain, last]

@@ -20,8 +20,9 @@ OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.get("/members/{member_id}/benefits", response_model=schemas.BenefitList)
-async def list_benefits(member_id: str, ctx: CtxDep, principal: PosOrApp,
-                        status: Annotated[Status | None, Query()] = None) -> schemas.BenefitList:
+async def list_benefits(
+    member_id: str, ctx: CtxDep, principal: PosOrApp, status: Annotated[Status | None, Query()] = None
+) -> schemas.BenefitList:
     """A member's entitlements, optionally only those of one status (e.g. ?status=active)."""
     async with ctx.db.unit_of_work() as uow:
         return await handlers.benefits_of(uow, chain_id=principal.chain_id, member_id=member_id, status=status)
@@ -34,28 +35,41 @@ async def member_discount(member_id: str, ctx: CtxDep, principal: PosOrApp) -> s
         return await handlers.discount_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 
-@router.post("/members/{member_id}/benefits/{benefit_id}/redemptions", status_code=201,
-             response_model=schemas.Redemption)
-async def redeem_benefit(member_id: str, benefit_id: str, body: schemas.RedemptionRequest, ctx: CtxDep,
-                         principal: PosOrApp, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/members/{member_id}/benefits/{benefit_id}/redemptions", status_code=201, response_model=schemas.Redemption
+)
+async def redeem_benefit(
+    member_id: str,
+    benefit_id: str,
+    body: schemas.RedemptionRequest,
+    ctx: CtxDep,
+    principal: PosOrApp,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Use a benefit once at a clinic; 409 when it is used up, expired or revoked."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
-            done = await handlers.redeem(uow, chain_id=principal.chain_id, member_id=member_id,
-                                         benefit_id=benefit_id, clinic_id=body.clinic_id)
+            done = await handlers.redeem(
+                uow, chain_id=principal.chain_id, member_id=member_id, benefit_id=benefit_id, clinic_id=body.clinic_id
+            )
             return 201, done.model_dump(mode="json")
 
         # the path is part of the request: the same key for another benefit is a different body (409)
-        return await idempotent(uow, principal, scope="POST /v1/members/{member_id}/benefits/{benefit_id}/redemptions",
-                                key=idempotency_key,
-                                body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
-                                action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/members/{member_id}/benefits/{benefit_id}/redemptions",
+            key=idempotency_key,
+            body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
+            action=action,
+        )
 
 
 @router.post("/benefits/schedules/run", response_model=schemas.BirthdayRun, tags=["operations"])
-async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None
-                        ) -> schemas.BirthdayRun:
+async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.BirthdayRun:
     """Grant the key's chain's birthday vouchers due as of ``as_of`` (default now); also runs on a schedule."""
-    granted, as_of = await handlers.run_birthday_schedule(ctx, as_of=body.as_of if body else None,
-                                                          chain_ids=[principal.chain_id])
+    granted, as_of = await handlers.run_birthday_schedule(
+        ctx, as_of=body.as_of if body else None, chain_ids=[principal.chain_id]
+    )
     return schemas.BirthdayRun(granted=granted, as_of=as_of)

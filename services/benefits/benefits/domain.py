@@ -101,9 +101,17 @@ def holds(e: Entitlement, as_of: datetime) -> bool:
 
 
 def grant_of(rule: BenefitRule, *, tier: str | None, valid_from: datetime, period: str | None = None) -> Grant:
-    return Grant(code=rule.code, kind=rule.kind, tier=tier, valid_from=valid_from,
-                 valid_until=valid_until(valid_from, rule.valid_days), remaining_uses=rule.uses,
-                 value_fen=rule.value_fen, percent=rule.percent, period=period)
+    return Grant(
+        code=rule.code,
+        kind=rule.kind,
+        tier=tier,
+        valid_from=valid_from,
+        valid_until=valid_until(valid_from, rule.valid_days),
+        remaining_uses=rule.uses,
+        value_fen=rule.value_fen,
+        percent=rule.percent,
+        period=period,
+    )
 
 
 def tier_grant_rules(policy: Policy, tier: str) -> list[BenefitRule]:
@@ -130,9 +138,15 @@ def _revocable(e: Entitlement) -> bool:
     return e.tier is not None and e.kind != "voucher" and e.status == "active"
 
 
-def tier_benefit_changes(policy: Policy, to_tier: str, entitlements: Iterable[Entitlement],
-                         as_of: datetime, *, tier_year: str | None = None,
-                         new_tier_year: bool = False) -> BenefitChanges:
+def tier_benefit_changes(
+    policy: Policy,
+    to_tier: str,
+    entitlements: Iterable[Entitlement],
+    as_of: datetime,
+    *,
+    tier_year: str | None = None,
+    new_tier_year: bool = False,
+) -> BenefitChanges:
     """What moving to ``to_tier`` at ``as_of`` grants and revokes (from any tier, or on enrolment).
 
     * grant: each tier-triggered benefit of ``to_tier`` the member does not already hold on the
@@ -155,8 +169,9 @@ def tier_benefit_changes(policy: Policy, to_tier: str, entitlements: Iterable[En
     for e in entitlements:
         if e.status == "active" and effective_status(e, as_of) == "expired":
             expire.append(e)
-        elif _revocable(e) and (e.code not in tier_codes
-                                or (e.code in rule_by_code and not _same_terms(e, rule_by_code[e.code]))):
+        elif _revocable(e) and (
+            e.code not in tier_codes or (e.code in rule_by_code and not _same_terms(e, rule_by_code[e.code]))
+        ):
             revoke.append(e)
         elif new_tier_year and e.tier is not None and e.code in yearly and e.period != tier_year:
             # last tier-year's allotment ends with it, used or not: it no longer counts as held
@@ -164,8 +179,11 @@ def tier_benefit_changes(policy: Policy, to_tier: str, entitlements: Iterable[En
                 replace.append(e)
         elif e.tier is not None and holds(e, as_of):
             kept.append(e)
-    grant = [grant_of(r, tier=to_tier, valid_from=as_of, period=tier_year if r.code in yearly else None)
-             for r in rules if not any(_same_terms(e, r) for e in kept)]
+    grant = [
+        grant_of(r, tier=to_tier, valid_from=as_of, period=tier_year if r.code in yearly else None)
+        for r in rules
+        if not any(_same_terms(e, r) for e in kept)
+    ]
     return BenefitChanges(grant=grant, revoke=revoke, expire=expire, replace=replace)
 
 
@@ -188,8 +206,12 @@ class BirthdayWindow:
 
 def birthday_window(year: int, month: int, tz: tzinfo) -> BirthdayWindow:
     next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return BirthdayWindow(birth_month=month, year=year, month_start=datetime(year, month, 1, tzinfo=tz),
-                          month_end=datetime(next_year, next_month, 1, tzinfo=tz))
+    return BirthdayWindow(
+        birth_month=month,
+        year=year,
+        month_start=datetime(year, month, 1, tzinfo=tz),
+        month_end=datetime(next_year, next_month, 1, tzinfo=tz),
+    )
 
 
 def birth_month(birthday: date) -> int:
@@ -206,8 +228,9 @@ def birthday_windows(as_of: datetime, tz: tzinfo) -> list[BirthdayWindow]:
     return [birthday_window(local.year, local.month, tz), birthday_window(last_year, last_month, tz)]
 
 
-def birthday_voucher_until(window: BirthdayWindow, granted_at: datetime,
-                           min_days: int = LATE_BIRTHDAY_MIN_DAYS) -> datetime:
+def birthday_voucher_until(
+    window: BirthdayWindow, granted_at: datetime, min_days: int = LATE_BIRTHDAY_MIN_DAYS
+) -> datetime:
     """Valid until the end of the birth month; granted late (after the month's first local day:
     a catch-up, or a member enrolled during their birth month), valid at least ``min_days``."""
     on_time = granted_at < window.month_start + timedelta(days=1)
@@ -223,9 +246,16 @@ def birthday_voucher(policy: Policy, rule: BenefitRule, window: BirthdayWindow, 
     """The voucher of ``window``'s year; its face value is the policy's birthday_voucher_fen. Not tier-bound
     (tier None): a downgrade never revokes it, it expires."""
     min_days = max(LATE_BIRTHDAY_MIN_DAYS, rule.valid_days or 0)
-    return Grant(code=rule.code, kind=rule.kind, tier=None, valid_from=granted_at,
-                 valid_until=birthday_voucher_until(window, granted_at, min_days), remaining_uses=rule.uses or 1,
-                 value_fen=policy.birthday_voucher_fen, period=window.period)
+    return Grant(
+        code=rule.code,
+        kind=rule.kind,
+        tier=None,
+        valid_from=granted_at,
+        valid_until=birthday_voucher_until(window, granted_at, min_days),
+        remaining_uses=rule.uses or 1,
+        value_fen=policy.birthday_voucher_fen,
+        period=window.period,
+    )
 
 
 def birthday_grant(policy: Policy, *, tier: str, birthday: date, as_of: datetime, tz: tzinfo) -> Grant | None:
@@ -241,15 +271,19 @@ def birthday_grant(policy: Policy, *, tier: str, birthday: date, as_of: datetime
 # ---- per-purchase benefits ----------------------------------------------------------------------
 
 
-def purchase_grants(policy: Policy, *, tier: str, purchase_id: str, amount_fen: int,
-                    occurred_at: datetime) -> list[Grant]:
+def purchase_grants(
+    policy: Policy, *, tier: str, purchase_id: str, amount_fen: int, occurred_at: datetime
+) -> list[Grant]:
     """A purchase of at least ``care_pack_min_purchase_fen`` grants each per-purchase benefit of the
     member's tier (the care pack), once per purchase (period = the purchase id), valid from the purchase.
     Tier-bound: a downgrade to a tier without it revokes an unused one."""
     if amount_fen < policy.care_pack_min_purchase_fen:
         return []
-    return [grant_of(r, tier=tier, valid_from=occurred_at, period=purchase_id)
-            for r in policy.benefits_of(tier) if r.trigger == "purchase"]
+    return [
+        grant_of(r, tier=tier, valid_from=occurred_at, period=purchase_id)
+        for r in policy.benefits_of(tier)
+        if r.trigger == "purchase"
+    ]
 
 
 def referral_voucher_fen(policy: Policy, referral_count: int) -> int:
@@ -260,14 +294,26 @@ def referral_voucher_fen(policy: Policy, referral_count: int) -> int:
 
 
 def referrer_reward(policy: Policy, referral_count: int, completed_at: datetime) -> Grant:
-    return Grant(code=REFERRAL_VOUCHER, kind="voucher", tier=None, valid_from=completed_at,
-                 valid_until=valid_until(completed_at, REFERRAL_VALID_DAYS), remaining_uses=1,
-                 value_fen=referral_voucher_fen(policy, referral_count))
+    return Grant(
+        code=REFERRAL_VOUCHER,
+        kind="voucher",
+        tier=None,
+        valid_from=completed_at,
+        valid_until=valid_until(completed_at, REFERRAL_VALID_DAYS),
+        remaining_uses=1,
+        value_fen=referral_voucher_fen(policy, referral_count),
+    )
 
 
 def referee_reward(policy: Policy, completed_at: datetime) -> Grant:
-    return Grant(code=policy.referral.referee_benefit, kind="entitlement", tier=None, valid_from=completed_at,
-                 valid_until=valid_until(completed_at, REFERRAL_VALID_DAYS), remaining_uses=1)
+    return Grant(
+        code=policy.referral.referee_benefit,
+        kind="entitlement",
+        tier=None,
+        valid_from=completed_at,
+        valid_until=valid_until(completed_at, REFERRAL_VALID_DAYS),
+        remaining_uses=1,
+    )
 
 
 def redemption_refusal(e: Entitlement, now: datetime) -> str | None:

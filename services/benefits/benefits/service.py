@@ -11,7 +11,9 @@ SERVICE = ServiceDefinition(
     tables=shared,
     routers=[router],
     handlers=HANDLERS,
-    schedules=[Schedule(name="expire-benefits", run=expire_due_benefits),
-               Schedule(name="birthday-vouchers", run=grant_due_birthday_vouchers)],
+    schedules=[
+        Schedule(name="expire-benefits", run=expire_due_benefits),
+        Schedule(name="birthday-vouchers", run=grant_due_birthday_vouchers),
+    ],
     description="Benefit entitlements per tier, birthday, purchase and referral; their redemptions.",
 )

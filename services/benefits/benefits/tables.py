@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, PrimaryKeyConstraint, Table, Text,
-    UniqueConstraint, func, text,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
 )
 
 from shared.db import shared_tables
@@ -17,7 +29,8 @@ policies = PolicyStore(policy_table(metadata))
 
 # What this service knows of a member, from MemberEnrolled and TierChanged.
 members = Table(
-    "members", metadata,
+    "members",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("tier", Text, nullable=False),
@@ -26,12 +39,17 @@ members = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("birthday", Date),  # None for members enrolled before 0002 (no birthday voucher for them)
     # the birthday schedule looks members up by chain and birth month
-    Index("members_birth_month", "chain_id", text("EXTRACT(month FROM birthday)"),
-          postgresql_where=text("birthday IS NOT NULL")),
+    Index(
+        "members_birth_month",
+        "chain_id",
+        text("EXTRACT(month FROM birthday)"),
+        postgresql_where=text("birthday IS NOT NULL"),
+    ),
 )
 
 entitlements = Table(
-    "entitlements", metadata,
+    "entitlements",
+    metadata,
     Column("benefit_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("chain_id", Text, nullable=False),
@@ -57,13 +75,19 @@ entitlements = Table(
     UniqueConstraint("member_id", "code", "period", name="entitlements_once_per_period"),
     # a member holds at most one active tier-bound benefit per code, apart from period-keyed ones
     # (one care pack per purchase; a tier-year's skin check replaces the last one explicitly)
-    Index("entitlements_one_active_per_code", "member_id", "code", unique=True,
-          postgresql_where=text("tier IS NOT NULL AND status = 'active' AND period IS NULL")),
+    Index(
+        "entitlements_one_active_per_code",
+        "member_id",
+        "code",
+        unique=True,
+        postgresql_where=text("tier IS NOT NULL AND status = 'active' AND period IS NULL"),
+    ),
     Index("entitlements_active_expiry", "valid_until", postgresql_where=text("status = 'active'")),
 )
 
 redemptions = Table(
-    "redemptions", metadata,
+    "redemptions",
+    metadata,
     Column("redemption_id", Text, primary_key=True),
     Column("benefit_id", Text, nullable=False),
     Column("member_id", Text, nullable=False),
@@ -77,7 +101,8 @@ redemptions = Table(
 # Every tier a member moved to and when (from TierChanged), so a purchase is judged by the tier
 # held when it was made, whichever of the two events arrives first (they travel on different topics).
 tier_changes = Table(
-    "tier_changes", metadata,
+    "tier_changes",
+    metadata,
     Column("member_id", Text, nullable=False),
     Column("effective_at", DateTime(timezone=True), nullable=False),
     Column("to_tier", Text, nullable=False),
@@ -87,7 +112,8 @@ tier_changes = Table(
 # Purchases large enough for a care pack: a TierChanged that arrives after them re-judges those
 # made since it took effect.
 large_purchases = Table(
-    "large_purchases", metadata,
+    "large_purchases",
+    metadata,
     Column("purchase_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("amount_fen", BigInteger, nullable=False),

@@ -22,27 +22,37 @@ OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.post("/members", status_code=201, response_model=schemas.EnrolResponse)
-async def enrol_member(body: schemas.EnrolRequest, ctx: CtxDep, principal: AppKey,
-                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def enrol_member(
+    body: schemas.EnrolRequest, ctx: CtxDep, principal: AppKey, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Enrol a member; 409 with the existing member_id when the phone is already enrolled."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
             created = await handlers.enrol(uow, chain_id=principal.chain_id, req=body)
             return 201, created.model_dump(mode="json")
 
-        return await idempotent(uow, principal, scope="POST /v1/members", key=idempotency_key,
-                                body=body.model_dump(mode="json"), action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/members",
+            key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            action=action,
+        )
 
 
 @router.get("/members", response_model=schemas.MemberList)
-async def find_members(ctx: CtxDep, principal: PosOrApp,
-                       phone: Annotated[str, Query(min_length=6, max_length=20)]) -> schemas.MemberList:
+async def find_members(
+    ctx: CtxDep, principal: PosOrApp, phone: Annotated[str, Query(min_length=6, max_length=20)]
+) -> schemas.MemberList:
     """Look a member up by phone (POS)."""
     try:
         normalized = schemas.normalize_phone(phone)
     except ValueError as exc:
-        raise InvalidRequest(str(exc), errors=[{"location": ["query", "phone"], "message": str(exc),
-                                                "type": "value_error"}]) from exc
+        raise InvalidRequest(
+            str(exc), errors=[{"location": ["query", "phone"], "message": str(exc), "type": "value_error"}]
+        ) from exc
     async with ctx.db.unit_of_work() as uow:
         rows = await handlers.find_by_phone(uow, chain_id=principal.chain_id, phone=normalized)
     return schemas.MemberList(items=[handlers.profile(r, reveal_phone=principal.is_ops) for r in rows])
@@ -58,8 +68,9 @@ async def get_member(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schema
 
 
 @router.patch("/members/{member_id}", response_model=schemas.MemberProfile)
-async def patch_member(member_id: str, body: schemas.MemberPatch, ctx: CtxDep,
-                       principal: AppKey) -> schemas.MemberProfile:
+async def patch_member(
+    member_id: str, body: schemas.MemberPatch, ctx: CtxDep, principal: AppKey
+) -> schemas.MemberProfile:
     """Change name, email or consents."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
         row = await handlers.update_member(uow, chain_id=principal.chain_id, member_id=member_id, patch=body)
@@ -73,51 +84,87 @@ async def member_status(member_id: str, ctx: CtxDep, principal: PosOrApp) -> sch
         return await handlers.member_status_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 
-@router.post("/purchases", status_code=202, response_model=schemas.PurchaseAccepted,
-             responses={200: {"model": schemas.PurchaseAccepted, "description": "a repeat of a recorded purchase"}})
-async def record_purchase(body: schemas.PurchaseRequest, ctx: CtxDep, principal: PosKey,
-                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/purchases",
+    status_code=202,
+    response_model=schemas.PurchaseAccepted,
+    responses={200: {"model": schemas.PurchaseAccepted, "description": "a repeat of a recorded purchase"}},
+)
+async def record_purchase(
+    body: schemas.PurchaseRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Record a purchase; idempotent on (clinic_id, pos_txn_id)."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
             created, accepted = await handlers.record_purchase(uow, chain_id=principal.chain_id, req=body)
             return (202 if created else 200), accepted.model_dump(mode="json")
 
-        return await idempotent(uow, principal, scope="POST /v1/purchases", key=idempotency_key,
-                                body=body.model_dump(mode="json"), action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/purchases",
+            key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            action=action,
+        )
 
 
 @router.post("/activities", status_code=202, response_model=schemas.ActivityAccepted)
-async def record_activity(body: schemas.ActivityRequest, ctx: CtxDep, principal: PosKey,
-                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def record_activity(
+    body: schemas.ActivityRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Record an attended activity (lecture, survey, skin test...); idempotent on activity_id."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
             created, accepted = await handlers.record_activity(uow, chain_id=principal.chain_id, req=body)
             return (202 if created else 200), accepted.model_dump(mode="json")
 
-        return await idempotent(uow, principal, scope="POST /v1/activities", key=idempotency_key,
-                                body=body.model_dump(mode="json"), action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/activities",
+            key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            action=action,
+        )
 
 
-@router.post("/purchases/{purchase_id}/refunds", status_code=202, response_model=schemas.RefundAccepted,
-             responses={200: {"model": schemas.RefundAccepted, "description": "a repeat of a recorded refund"}})
-async def refund_purchase(purchase_id: str, body: schemas.RefundRequest, ctx: CtxDep, principal: PosKey,
-                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/purchases/{purchase_id}/refunds",
+    status_code=202,
+    response_model=schemas.RefundAccepted,
+    responses={200: {"model": schemas.RefundAccepted, "description": "a repeat of a recorded refund"}},
+)
+async def refund_purchase(
+    purchase_id: str,
+    body: schemas.RefundRequest,
+    ctx: CtxDep,
+    principal: PosKey,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Refund part or all of a purchase; idempotent on refund_id; never beyond what remains."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
-            created, accepted = await handlers.record_refund(uow, chain_id=principal.chain_id,
-                                                             purchase_id=purchase_id, req=body)
+            created, accepted = await handlers.record_refund(
+                uow, chain_id=principal.chain_id, purchase_id=purchase_id, req=body
+            )
             return (202 if created else 200), accepted.model_dump(mode="json")
 
-        return await idempotent(uow, principal, scope=f"POST /v1/purchases/{purchase_id}/refunds",
-                                key=idempotency_key, body=body.model_dump(mode="json"), action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope=f"POST /v1/purchases/{purchase_id}/refunds",
+            key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            action=action,
+        )
 
 
 @router.post("/referrals/run", response_model=schemas.ReferralRun, tags=["operations"])
-async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None
-                        ) -> schemas.ReferralRun:
+async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.ReferralRun:
     """Complete the referrals that are due as of ``as_of`` (default now); also runs on a schedule."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
         as_of = (body.as_of if body and body.as_of else None) or uow.now()

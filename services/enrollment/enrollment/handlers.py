@@ -19,8 +19,22 @@ from sqlalchemy.exc import IntegrityError
 from shared.api import request_hash
 from shared.db import UnitOfWork
 from shared.events import (
-    ActivityRecorded, PolicyChanged, PurchaseRefunded, ReferralCompleted, BenefitGranted, BenefitRedeemed, BenefitRevoked, CloudEvent, Consents, MemberEnrolled,
-    MemberUpdated, PointsChanged, PurchaseItem, PurchaseRecorded, TierChanged, TierProgressChanged,
+    ActivityRecorded,
+    BenefitGranted,
+    BenefitRedeemed,
+    BenefitRevoked,
+    CloudEvent,
+    Consents,
+    MemberEnrolled,
+    MemberUpdated,
+    PointsChanged,
+    PolicyChanged,
+    PurchaseItem,
+    PurchaseRecorded,
+    PurchaseRefunded,
+    ReferralCompleted,
+    TierChanged,
+    TierProgressChanged,
 )
 from shared.observability import mask_phone
 from shared.problems import Conflict, InvalidRequest, NotFound
@@ -39,11 +53,19 @@ def new_referral_code() -> str:
 
 def profile(row: Any, *, reveal_phone: bool, referral_status: str | None = None) -> schemas.MemberProfile:
     return schemas.MemberProfile(
-        member_id=row.member_id, member_no=row.member_no, name=row.name,
+        member_id=row.member_id,
+        member_no=row.member_no,
+        name=row.name,
         phone=row.phone if reveal_phone else mask_phone(row.phone),
-        birthday=row.birthday, home_clinic_id=row.home_clinic_id, source=row.source,
-        referral_code=row.referral_code, referred_by=row.referred_by, consents=Consents(**row.consents),
-        email=row.email, enrolled_at=row.enrolled_at, referrals_completed=row.referrals_completed,
+        birthday=row.birthday,
+        home_clinic_id=row.home_clinic_id,
+        source=row.source,
+        referral_code=row.referral_code,
+        referred_by=row.referred_by,
+        consents=Consents(**row.consents),
+        email=row.email,
+        enrolled_at=row.enrolled_at,
+        referrals_completed=row.referrals_completed,
         referral_status=referral_status,
     )
 
@@ -61,20 +83,30 @@ async def get_member(uow: UnitOfWork, *, chain_id: str, member_id: str, lock: bo
 
 
 async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[Any]:
-    return list((await uow.execute(
-        select(members).where(members.c.chain_id == chain_id, members.c.phone == phone))).all())
+    return list(
+        (await uow.execute(select(members).where(members.c.chain_id == chain_id, members.c.phone == phone))).all()
+    )
 
 
 async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str) -> str:
-    referrer = (await uow.execute(select(members.c.member_id, members.c.chain_id, members.c.phone).where(
-        members.c.referral_code == code.upper()))).first()
+    referrer = (
+        await uow.execute(
+            select(members.c.member_id, members.c.chain_id, members.c.phone).where(
+                members.c.referral_code == code.upper()
+            )
+        )
+    ).first()
     if referrer is None or referrer.chain_id != chain_id:
         # another chain's code is reported exactly like an unknown one: nothing leaks across chains
-        raise InvalidRequest("Unknown referral code.", errors=[
-            {"location": ["body", "referral_code"], "message": "unknown referral code", "type": "value_error"}])
+        raise InvalidRequest(
+            "Unknown referral code.",
+            errors=[{"location": ["body", "referral_code"], "message": "unknown referral code", "type": "value_error"}],
+        )
     if referrer.phone == phone:
-        raise InvalidRequest("A member cannot refer themselves.", errors=[
-            {"location": ["body", "referral_code"], "message": "self-referral", "type": "value_error"}])
+        raise InvalidRequest(
+            "A member cannot refer themselves.",
+            errors=[{"location": ["body", "referral_code"], "message": "self-referral", "type": "value_error"}],
+        )
     return str(referrer.member_id)
 
 
@@ -84,8 +116,7 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
         referred_by = await _referrer_for(uow, chain_id=chain_id, code=req.referral_code, phone=req.phone)
     existing = await find_by_phone(uow, chain_id=chain_id, phone=req.phone)
     if existing:
-        raise Conflict("A member with this phone is already enrolled in the chain.",
-                       member_id=existing[0].member_id)
+        raise Conflict("A member with this phone is already enrolled in the chain.", member_id=existing[0].member_id)
     now = uow.now()
     member_id = str(uuid.uuid4())
     seq = await uow.session.scalar(text("SELECT nextval('enrollment.member_no_seq')"))
@@ -93,23 +124,49 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
     code = new_referral_code()
     try:
         async with uow.session.begin_nested():
-            await uow.execute(members.insert().values(
-                member_id=member_id, chain_id=chain_id, member_no=member_no, phone=req.phone, name=req.name,
-                birthday=req.birthday, home_clinic_id=req.home_clinic_id, source=req.source,
-                referral_code=code, referred_by=referred_by, consents=req.consents.model_dump(),
-                email=req.email, enrolled_at=now, updated_at=now,
-            ))
+            await uow.execute(
+                members.insert().values(
+                    member_id=member_id,
+                    chain_id=chain_id,
+                    member_no=member_no,
+                    phone=req.phone,
+                    name=req.name,
+                    birthday=req.birthday,
+                    home_clinic_id=req.home_clinic_id,
+                    source=req.source,
+                    referral_code=code,
+                    referred_by=referred_by,
+                    consents=req.consents.model_dump(),
+                    email=req.email,
+                    enrolled_at=now,
+                    updated_at=now,
+                )
+            )
     except IntegrityError as exc:
         # a concurrent enrolment of the same phone won the race
         raise Conflict("A member with this phone is already enrolled in the chain.") from exc
     if referred_by is not None:
-        await uow.execute(referrals.insert().values(referee_id=member_id, referrer_id=referred_by,
-                                                    chain_id=chain_id, created_at=now))
-    uow.publish(MemberEnrolled(
-        member_id=member_id, member_no=member_no, home_clinic_id=req.home_clinic_id, source=req.source,
-        referred_by=referred_by, birthday=req.birthday, enrolled_at=now, name=req.name, phone=req.phone,
-        email=req.email, consents=req.consents,
-    ), member_id=member_id, chain_id=chain_id, time=now)
+        await uow.execute(
+            referrals.insert().values(referee_id=member_id, referrer_id=referred_by, chain_id=chain_id, created_at=now)
+        )
+    uow.publish(
+        MemberEnrolled(
+            member_id=member_id,
+            member_no=member_no,
+            home_clinic_id=req.home_clinic_id,
+            source=req.source,
+            referred_by=referred_by,
+            birthday=req.birthday,
+            enrolled_at=now,
+            name=req.name,
+            phone=req.phone,
+            email=req.email,
+            consents=req.consents,
+        ),
+        member_id=member_id,
+        chain_id=chain_id,
+        time=now,
+    )
     return schemas.EnrolResponse(member_id=member_id, member_no=member_no, referral_code=code, enrolled_at=now)
 
 
@@ -122,27 +179,39 @@ async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch
         raise InvalidRequest("Nothing to change: send name, email or consents.")
     now = uow.now()
     await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
-    uow.publish(MemberUpdated(member_id=member_id, name=patch.name, email=patch.email, consents=patch.consents,
-                              updated_at=now), member_id=member_id, chain_id=chain_id, time=now)
+    uow.publish(
+        MemberUpdated(member_id=member_id, name=patch.name, email=patch.email, consents=patch.consents, updated_at=now),
+        member_id=member_id,
+        chain_id=chain_id,
+        time=now,
+    )
     return await get_member(uow, chain_id=chain_id, member_id=member_id)
 
 
 def _reject_future(uow: UnitOfWork, when: Any, field: str) -> None:
     if when > uow.now() + MAX_CLOCK_SKEW:
-        raise InvalidRequest(f"{field} is in the future.", errors=[
-            {"location": ["body", field], "message": "must not be in the future", "type": "value_error"}])
+        raise InvalidRequest(
+            f"{field} is in the future.",
+            errors=[{"location": ["body", field], "message": "must not be in the future", "type": "value_error"}],
+        )
 
 
 async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) -> None:
-    found = await uow.session.scalar(select(members.c.member_id).where(
-        members.c.member_id == member_id, members.c.chain_id == chain_id))
+    found = await uow.session.scalar(
+        select(members.c.member_id).where(members.c.member_id == member_id, members.c.chain_id == chain_id)
+    )
     if found is None:
-        raise InvalidRequest("Unknown member_id.", errors=[
-            {"location": ["body", "member_id"], "message": "no such member in this chain", "type": "value_error"}])
+        raise InvalidRequest(
+            "Unknown member_id.",
+            errors=[
+                {"location": ["body", "member_id"], "message": "no such member in this chain", "type": "value_error"}
+            ],
+        )
 
 
-async def record_purchase(uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
-                          ) -> tuple[bool, schemas.PurchaseAccepted]:
+async def record_purchase(
+    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
+) -> tuple[bool, schemas.PurchaseAccepted]:
     """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
 
     The common case is one statement: insert the purchase if its member is in the chain and the
@@ -151,48 +220,101 @@ async def record_purchase(uow: UnitOfWork, *, chain_id: str, req: schemas.Purcha
     digest = request_hash(req.model_dump(mode="json"))
     _reject_future(uow, req.occurred_at, "occurred_at")
     purchase_id = str(uuid.uuid4())
-    row = {"purchase_id": purchase_id, "chain_id": chain_id, "clinic_id": req.clinic_id, "pos_txn_id": req.pos_txn_id,
-           "member_id": req.member_id, "amount_fen": req.amount_fen, "currency": req.currency,
-           "occurred_at": req.occurred_at, "items": [i.model_dump() for i in req.items], "request_hash": digest}
+    row = {
+        "purchase_id": purchase_id,
+        "chain_id": chain_id,
+        "clinic_id": req.clinic_id,
+        "pos_txn_id": req.pos_txn_id,
+        "member_id": req.member_id,
+        "amount_fen": req.amount_fen,
+        "currency": req.currency,
+        "occurred_at": req.occurred_at,
+        "items": [i.model_dump() for i in req.items],
+        "request_hash": digest,
+    }
     member_in_chain = exists().where(members.c.member_id == req.member_id, members.c.chain_id == chain_id)
-    inserted = (await uow.execute(pg_insert(purchases).from_select(
-        list(row), select(*[literal(v, purchases.c[k].type) for k, v in row.items()]).where(member_in_chain),
-    ).on_conflict_do_nothing().returning(purchases.c.purchase_id))).first()
+    inserted = (
+        await uow.execute(
+            pg_insert(purchases)
+            .from_select(
+                list(row),
+                select(*[literal(v, purchases.c[k].type) for k, v in row.items()]).where(member_in_chain),
+            )
+            .on_conflict_do_nothing()
+            .returning(purchases.c.purchase_id)
+        )
+    ).first()
     if inserted is not None:
-        uow.publish(PurchaseRecorded(
-            purchase_id=purchase_id, pos_txn_id=req.pos_txn_id, clinic_id=req.clinic_id,
-            member_id=req.member_id, amount_fen=req.amount_fen, occurred_at=req.occurred_at,
-            items=[PurchaseItem(**i.model_dump()) for i in req.items],
-        ), member_id=req.member_id, chain_id=chain_id)
+        uow.publish(
+            PurchaseRecorded(
+                purchase_id=purchase_id,
+                pos_txn_id=req.pos_txn_id,
+                clinic_id=req.clinic_id,
+                member_id=req.member_id,
+                amount_fen=req.amount_fen,
+                occurred_at=req.occurred_at,
+                items=[PurchaseItem(**i.model_dump()) for i in req.items],
+            ),
+            member_id=req.member_id,
+            chain_id=chain_id,
+        )
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
-    prior = (await uow.execute(select(purchases.c.purchase_id, purchases.c.request_hash).where(
-        purchases.c.chain_id == chain_id, purchases.c.clinic_id == req.clinic_id,
-        purchases.c.pos_txn_id == req.pos_txn_id))).first()
+    prior = (
+        await uow.execute(
+            select(purchases.c.purchase_id, purchases.c.request_hash).where(
+                purchases.c.chain_id == chain_id,
+                purchases.c.clinic_id == req.clinic_id,
+                purchases.c.pos_txn_id == req.pos_txn_id,
+            )
+        )
+    ).first()
     if prior is None:  # not a retry: the member is not in this chain...
         await _member_in_chain(uow, chain_id=chain_id, member_id=req.member_id)
         return await record_purchase(uow, chain_id=chain_id, req=req)  # ...or was enrolled a moment ago
     if prior.request_hash != digest:
-        raise Conflict("This pos_txn_id was already recorded at this clinic with a different body.",
-                       purchase_id=prior.purchase_id)
+        raise Conflict(
+            "This pos_txn_id was already recorded at this clinic with a different body.", purchase_id=prior.purchase_id
+        )
     return False, schemas.PurchaseAccepted(purchase_id=prior.purchase_id)
 
 
-async def record_activity(uow: UnitOfWork, *, chain_id: str, req: schemas.ActivityRequest
-                          ) -> tuple[bool, schemas.ActivityAccepted]:
+async def record_activity(
+    uow: UnitOfWork, *, chain_id: str, req: schemas.ActivityRequest
+) -> tuple[bool, schemas.ActivityAccepted]:
     digest = request_hash(req.model_dump(mode="json"))
     key = (activities.c.chain_id == chain_id, activities.c.activity_id == req.activity_id)
     prior = await uow.session.scalar(select(activities.c.request_hash).where(*key))
     if prior is None:
         _reject_future(uow, req.occurred_at, "occurred_at")
         await _member_in_chain(uow, chain_id=chain_id, member_id=req.member_id)
-        inserted = (await uow.execute(pg_insert(activities).values(
-            chain_id=chain_id, activity_id=req.activity_id, member_id=req.member_id, clinic_id=req.clinic_id,
-            kind=req.kind, occurred_at=req.occurred_at, request_hash=digest,
-        ).on_conflict_do_nothing().returning(activities.c.activity_id))).first()
+        inserted = (
+            await uow.execute(
+                pg_insert(activities)
+                .values(
+                    chain_id=chain_id,
+                    activity_id=req.activity_id,
+                    member_id=req.member_id,
+                    clinic_id=req.clinic_id,
+                    kind=req.kind,
+                    occurred_at=req.occurred_at,
+                    request_hash=digest,
+                )
+                .on_conflict_do_nothing()
+                .returning(activities.c.activity_id)
+            )
+        ).first()
         if inserted is not None:
-            uow.publish(ActivityRecorded(activity_id=req.activity_id, kind=req.kind, clinic_id=req.clinic_id,
-                                         occurred_at=req.occurred_at, member_id=req.member_id),
-                        member_id=req.member_id, chain_id=chain_id)
+            uow.publish(
+                ActivityRecorded(
+                    activity_id=req.activity_id,
+                    kind=req.kind,
+                    clinic_id=req.clinic_id,
+                    occurred_at=req.occurred_at,
+                    member_id=req.member_id,
+                ),
+                member_id=req.member_id,
+                chain_id=chain_id,
+            )
             return True, schemas.ActivityAccepted(activity_id=req.activity_id)
         prior = await uow.session.scalar(select(activities.c.request_hash).where(*key))
     if prior != digest:
@@ -200,15 +322,21 @@ async def record_activity(uow: UnitOfWork, *, chain_id: str, req: schemas.Activi
     return False, schemas.ActivityAccepted(activity_id=req.activity_id)
 
 
-async def record_refund(uow: UnitOfWork, *, chain_id: str, purchase_id: str, req: schemas.RefundRequest
-                        ) -> tuple[bool, schemas.RefundAccepted]:
+async def record_refund(
+    uow: UnitOfWork, *, chain_id: str, purchase_id: str, req: schemas.RefundRequest
+) -> tuple[bool, schemas.RefundAccepted]:
     """Record a (partial) refund once per refund_id; refunds of a purchase never exceed it."""
     digest = request_hash({**req.model_dump(mode="json"), "purchase_id": purchase_id})
     key = (refunds.c.chain_id == chain_id, refunds.c.refund_id == req.refund_id)
     # the purchase row lock serializes refunds of one purchase: the remaining amount is checked
     # and reduced by one transaction at a time
-    purchase = (await uow.execute(select(purchases).where(
-        purchases.c.purchase_id == purchase_id, purchases.c.chain_id == chain_id).with_for_update())).first()
+    purchase = (
+        await uow.execute(
+            select(purchases)
+            .where(purchases.c.purchase_id == purchase_id, purchases.c.chain_id == chain_id)
+            .with_for_update()
+        )
+    ).first()
     if purchase is None:
         raise NotFound("No such purchase.")
     prior = (await uow.execute(select(refunds.c.request_hash).where(*key))).first()
@@ -217,31 +345,65 @@ async def record_refund(uow: UnitOfWork, *, chain_id: str, purchase_id: str, req
             raise Conflict("This refund_id was already recorded with a different body or purchase.")
         return False, _refund_accepted(req, purchase)
     if req.member_id is not None and req.member_id != purchase.member_id:
-        raise InvalidRequest("The purchase belongs to another member.", errors=[
-            {"location": ["body", "member_id"], "message": "not this purchase's member", "type": "value_error"}])
+        raise InvalidRequest(
+            "The purchase belongs to another member.",
+            errors=[
+                {"location": ["body", "member_id"], "message": "not this purchase's member", "type": "value_error"}
+            ],
+        )
     _reject_future(uow, req.occurred_at, "occurred_at")
     if req.occurred_at < purchase.occurred_at:
-        raise InvalidRequest("A refund cannot precede its purchase.", errors=[
-            {"location": ["body", "occurred_at"], "message": "before the purchase", "type": "value_error"}])
+        raise InvalidRequest(
+            "A refund cannot precede its purchase.",
+            errors=[{"location": ["body", "occurred_at"], "message": "before the purchase", "type": "value_error"}],
+        )
     remaining = purchase.amount_fen - purchase.refunded_fen
     if req.amount_fen > remaining:
-        raise Conflict(f"The refund ({req.amount_fen} fen) exceeds what remains of the purchase ({remaining} fen).",
-                       remaining_fen=remaining)
-    await uow.execute(refunds.insert().values(
-        chain_id=chain_id, refund_id=req.refund_id, purchase_id=purchase_id, member_id=purchase.member_id,
-        amount_fen=req.amount_fen, occurred_at=req.occurred_at, request_hash=digest))
-    updated = (await uow.execute(update(purchases).where(purchases.c.purchase_id == purchase_id).values(
-        refunded_fen=purchases.c.refunded_fen + req.amount_fen).returning(purchases))).one()
-    uow.publish(PurchaseRefunded(purchase_id=purchase_id, refund_id=req.refund_id, amount_fen=req.amount_fen,
-                                 occurred_at=req.occurred_at, member_id=purchase.member_id),
-                member_id=purchase.member_id, chain_id=chain_id)
+        raise Conflict(
+            f"The refund ({req.amount_fen} fen) exceeds what remains of the purchase ({remaining} fen).",
+            remaining_fen=remaining,
+        )
+    await uow.execute(
+        refunds.insert().values(
+            chain_id=chain_id,
+            refund_id=req.refund_id,
+            purchase_id=purchase_id,
+            member_id=purchase.member_id,
+            amount_fen=req.amount_fen,
+            occurred_at=req.occurred_at,
+            request_hash=digest,
+        )
+    )
+    updated = (
+        await uow.execute(
+            update(purchases)
+            .where(purchases.c.purchase_id == purchase_id)
+            .values(refunded_fen=purchases.c.refunded_fen + req.amount_fen)
+            .returning(purchases)
+        )
+    ).one()
+    uow.publish(
+        PurchaseRefunded(
+            purchase_id=purchase_id,
+            refund_id=req.refund_id,
+            amount_fen=req.amount_fen,
+            occurred_at=req.occurred_at,
+            member_id=purchase.member_id,
+        ),
+        member_id=purchase.member_id,
+        chain_id=chain_id,
+    )
     return True, _refund_accepted(req, updated)
 
 
 def _refund_accepted(req: schemas.RefundRequest, purchase: Any) -> schemas.RefundAccepted:
-    return schemas.RefundAccepted(refund_id=req.refund_id, purchase_id=purchase.purchase_id,
-                                  amount_fen=req.amount_fen, refunded_fen=purchase.refunded_fen,
-                                  remaining_fen=purchase.amount_fen - purchase.refunded_fen)
+    return schemas.RefundAccepted(
+        refund_id=req.refund_id,
+        purchase_id=purchase.purchase_id,
+        amount_fen=req.amount_fen,
+        refunded_fen=purchase.refunded_fen,
+        remaining_fen=purchase.amount_fen - purchase.refunded_fen,
+    )
 
 
 async def complete_due_referrals(uow: UnitOfWork, *, as_of: datetime, limit: int = 500) -> int:
@@ -251,36 +413,62 @@ async def complete_due_referrals(uow: UnitOfWork, *, as_of: datetime, limit: int
     Safe on several replicas: pending rows are claimed with SKIP LOCKED and completed in the
     same transaction; the referrer's count is an atomic increment (the 3rd gets the larger voucher).
     """
-    chains = (await uow.execute(select(referrals.c.chain_id).where(referrals.c.status == "pending")
-                                .distinct())).scalars().all()
+    chains = (
+        (await uow.execute(select(referrals.c.chain_id).where(referrals.c.status == "pending").distinct()))
+        .scalars()
+        .all()
+    )
     completed = 0
     for chain_id in chains:
         policy = await policies.current(uow.session, chain_id)
         window_end = as_of - timedelta(days=policy.pending_days)
         candidate = (
             select(purchases.c.purchase_id)
-            .where(purchases.c.member_id == referrals.c.referee_id,
-                   purchases.c.amount_fen - purchases.c.refunded_fen >= policy.referral.min_purchase_fen,
-                   purchases.c.occurred_at <= window_end)
-            .order_by(purchases.c.occurred_at, purchases.c.purchase_id).limit(1)
+            .where(
+                purchases.c.member_id == referrals.c.referee_id,
+                purchases.c.amount_fen - purchases.c.refunded_fen >= policy.referral.min_purchase_fen,
+                purchases.c.occurred_at <= window_end,
+            )
+            .order_by(purchases.c.occurred_at, purchases.c.purchase_id)
+            .limit(1)
             .lateral("candidate")
         )
-        due = (await uow.execute(
-            select(referrals.c.referee_id, referrals.c.referrer_id, candidate.c.purchase_id)
-            .select_from(referrals.join(candidate, true()))
-            .where(referrals.c.chain_id == chain_id, referrals.c.status == "pending")
-            .order_by(referrals.c.created_at).limit(limit)
-            .with_for_update(of=referrals, skip_locked=True)
-        )).all()
+        due = (
+            await uow.execute(
+                select(referrals.c.referee_id, referrals.c.referrer_id, candidate.c.purchase_id)
+                .select_from(referrals.join(candidate, true()))
+                .where(referrals.c.chain_id == chain_id, referrals.c.status == "pending")
+                .order_by(referrals.c.created_at)
+                .limit(limit)
+                .with_for_update(of=referrals, skip_locked=True)
+            )
+        ).all()
         for row in due:
-            count = (await uow.execute(update(members).where(members.c.member_id == row.referrer_id).values(
-                referrals_completed=members.c.referrals_completed + 1).returning(members.c.referrals_completed)
-            )).scalar_one()
-            await uow.execute(update(referrals).where(referrals.c.referee_id == row.referee_id).values(
-                status="completed", purchase_id=row.purchase_id, referral_count=count, completed_at=as_of))
-            uow.publish(ReferralCompleted(referrer_id=row.referrer_id, referee_id=row.referee_id,
-                                          purchase_id=row.purchase_id, completed_at=as_of, referral_count=count),
-                        member_id=row.referrer_id, chain_id=chain_id, time=as_of)
+            count = (
+                await uow.execute(
+                    update(members)
+                    .where(members.c.member_id == row.referrer_id)
+                    .values(referrals_completed=members.c.referrals_completed + 1)
+                    .returning(members.c.referrals_completed)
+                )
+            ).scalar_one()
+            await uow.execute(
+                update(referrals)
+                .where(referrals.c.referee_id == row.referee_id)
+                .values(status="completed", purchase_id=row.purchase_id, referral_count=count, completed_at=as_of)
+            )
+            uow.publish(
+                ReferralCompleted(
+                    referrer_id=row.referrer_id,
+                    referee_id=row.referee_id,
+                    purchase_id=row.purchase_id,
+                    completed_at=as_of,
+                    referral_count=count,
+                ),
+                member_id=row.referrer_id,
+                chain_id=chain_id,
+                time=as_of,
+            )
             completed += 1
     return completed
 
@@ -290,14 +478,14 @@ async def complete_due_referrals(uow: UnitOfWork, *, as_of: datetime, limit: int
 DEFAULT_TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员", "diamond": "钻石会员"}
 
 
-async def _set_status(uow: UnitOfWork, member_id: str, *, insert: dict[str, Any] | None = None,
-                      **values: Any) -> None:
+async def _set_status(uow: UnitOfWork, member_id: str, *, insert: dict[str, Any] | None = None, **values: Any) -> None:
     """Upsert columns of the status row. ``values`` may be SQL expressions over the current row
     (for the update); ``insert`` gives what a first row gets instead where they differ."""
     row = {**values, **(insert or {})}
     stmt = pg_insert(member_status).values(member_id=member_id, updated_at=func.now(), **row)
-    await uow.execute(stmt.on_conflict_do_update(
-        index_elements=["member_id"], set_={**values, "updated_at": func.now()}))
+    await uow.execute(
+        stmt.on_conflict_do_update(index_elements=["member_id"], set_={**values, "updated_at": func.now()})
+    )
 
 
 def _set_snapshot_at_commit(uow: UnitOfWork, member_id: str, **docs: Any) -> None:
@@ -314,24 +502,34 @@ async def _write_snapshots(uow: UnitOfWork) -> None:
         by_columns.setdefault(tuple(sorted(docs)), []).append({"member_id": member_id, **docs})
     for columns, rows in by_columns.items():
         stmt = pg_insert(member_status)
-        await uow.execute(stmt.on_conflict_do_update(
-            index_elements=["member_id"],
-            set_={**{c: stmt.excluded[c] for c in columns}, "updated_at": func.now()}), rows)
+        await uow.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["member_id"], set_={**{c: stmt.excluded[c] for c in columns}, "updated_at": func.now()}
+            ),
+            rows,
+        )
 
 
 async def on_points_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PointsChanged = event.data  # type: ignore[assignment]
-    doc = {"balance": d.balance, "available": d.available, "pending": d.pending,
-           "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None,
-           "pending_until": [p.model_dump(mode="json") for p in d.pending_until]
-           if d.pending_until is not None else None}
+    doc = {
+        "balance": d.balance,
+        "available": d.available,
+        "pending": d.pending,
+        "expiring": [e.model_dump(mode="json") for e in d.expiring] if d.expiring is not None else None,
+        "pending_until": [p.model_dump(mode="json") for p in d.pending_until] if d.pending_until is not None else None,
+    }
     _set_snapshot_at_commit(uow, event.subject, points=doc)
 
 
 async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     d: TierChanged = event.data  # type: ignore[assignment]
-    doc = {"code": d.to_tier, "name": d.to_tier_name or DEFAULT_TIER_NAMES.get(d.to_tier, d.to_tier),
-           "since": d.effective_at.isoformat(), "review_at": d.review_at.isoformat() if d.review_at else None}
+    doc = {
+        "code": d.to_tier,
+        "name": d.to_tier_name or DEFAULT_TIER_NAMES.get(d.to_tier, d.to_tier),
+        "since": d.effective_at.isoformat(),
+        "review_at": d.review_at.isoformat() if d.review_at else None,
+    }
     _set_snapshot_at_commit(uow, event.subject, tier=doc)
 
 
@@ -345,15 +543,23 @@ async def on_policy_changed(event: CloudEvent, uow: UnitOfWork) -> None:
 
 
 def _benefit_doc(d: Any) -> dict[str, Any]:
-    return {"benefit_id": d.benefit_id, "code": d.code, "remaining_uses": d.remaining_uses,
-            "valid_until": d.valid_until.isoformat() if d.valid_until else None}
+    return {
+        "benefit_id": d.benefit_id,
+        "code": d.code,
+        "remaining_uses": d.remaining_uses,
+        "valid_until": d.valid_until.isoformat() if d.valid_until else None,
+    }
 
 
 async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
     d: BenefitGranted = event.data  # type: ignore[assignment]
     entry = {d.benefit_id: _benefit_doc(d)}
-    await _set_status(uow, event.subject, insert={"benefits": entry},
-                      benefits=member_status.c.benefits.op("||")(literal(entry, JSONB)))
+    await _set_status(
+        uow,
+        event.subject,
+        insert={"benefits": entry},
+        benefits=member_status.c.benefits.op("||")(literal(entry, JSONB)),
+    )
 
 
 async def on_benefit_redeemed(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -362,8 +568,9 @@ async def on_benefit_redeemed(event: CloudEvent, uow: UnitOfWork) -> None:
 
 async def on_benefit_revoked(event: CloudEvent, uow: UnitOfWork) -> None:
     d: BenefitRevoked = event.data  # type: ignore[assignment]
-    await _set_status(uow, event.subject, insert={"benefits": {}},
-                      benefits=member_status.c.benefits.op("-")(d.benefit_id))
+    await _set_status(
+        uow, event.subject, insert={"benefits": {}}, benefits=member_status.c.benefits.op("-")(d.benefit_id)
+    )
 
 
 def _points_now(points: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -379,8 +586,12 @@ def _points_now(points: dict[str, Any], now: datetime) -> dict[str, Any]:
 async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:
     member = await get_member(uow, chain_id=chain_id, member_id=member_id)
     row = (await uow.execute(select(member_status).where(member_status.c.member_id == member_id))).first()
-    tier = (row.tier if row else None) or {"code": "member", "name": DEFAULT_TIER_NAMES["member"],
-                                           "since": member.enrolled_at.isoformat(), "review_at": None}
+    tier = (row.tier if row else None) or {
+        "code": "member",
+        "name": DEFAULT_TIER_NAMES["member"],
+        "since": member.enrolled_at.isoformat(),
+        "review_at": None,
+    }
     progress = (row.progress if row else None) or {}
     if progress.get("review_at") and progress.get("tier") == tier["code"]:
         tier = {**tier, "review_at": progress["review_at"]}  # the newest review date tiering announced
@@ -388,20 +599,34 @@ async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
     horizon = (uow.now() + EXPIRING_HORIZON).date()
     expiring = [e for e in (points.get("expiring") or []) if date.fromisoformat(e["expires_on"]) <= horizon]
     now = uow.now()
-    benefits = sorted(
-        (b for b in (row.benefits or {}).values()
-         if b["valid_until"] is None or datetime.fromisoformat(b["valid_until"]) > now),  # expired ones drop out
-        key=lambda b: (b["code"], b["benefit_id"])) if row else []
+    benefits = (
+        sorted(
+            (
+                b
+                for b in (row.benefits or {}).values()
+                if b["valid_until"] is None or datetime.fromisoformat(b["valid_until"]) > now
+            ),  # expired ones drop out
+            key=lambda b: (b["code"], b["benefit_id"]),
+        )
+        if row
+        else []
+    )
     return schemas.MemberStatus(
         member_id=member_id,
         tier=schemas.TierView(**tier),
         progress=schemas.ProgressView(
-            next_tier=progress.get("next_tier"), spend_fen=progress.get("spend_fen", 0),
-            spend_needed_fen=progress.get("spend_needed_fen", 0), points=progress.get("points", 0),
-            points_needed=progress.get("points_needed", 0)),
-        points=schemas.PointsView(balance=points.get("balance", 0), available=points.get("available"),
-                                  pending=points.get("pending"),
-                                  expiring=expiring),
+            next_tier=progress.get("next_tier"),
+            spend_fen=progress.get("spend_fen", 0),
+            spend_needed_fen=progress.get("spend_needed_fen", 0),
+            points=progress.get("points", 0),
+            points_needed=progress.get("points_needed", 0),
+        ),
+        points=schemas.PointsView(
+            balance=points.get("balance", 0),
+            available=points.get("available"),
+            pending=points.get("pending"),
+            expiring=expiring,
+        ),
         benefits=[schemas.BenefitView(**b) for b in benefits],
         as_of=row.updated_at if row else member.enrolled_at,
     )

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, Date, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, func,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -16,7 +26,8 @@ shared = shared_tables(metadata)
 policies = PolicyStore(policy_table(metadata))
 
 members = Table(
-    "members", metadata,
+    "members",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("member_no", Text, nullable=False, unique=True),
@@ -37,7 +48,8 @@ members = Table(
 )
 
 purchases = Table(
-    "purchases", metadata,
+    "purchases",
+    metadata,
     Column("purchase_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("clinic_id", Text, nullable=False),
@@ -55,7 +67,8 @@ purchases = Table(
 )
 
 refunds = Table(
-    "refunds", metadata,
+    "refunds",
+    metadata,
     Column("chain_id", Text, primary_key=True),
     Column("refund_id", Text, primary_key=True),
     Column("purchase_id", Text, nullable=False, index=True),
@@ -69,7 +82,8 @@ refunds = Table(
 # A referee's referral: pending until their first purchase of at least the policy's amount
 # has outlived the return window without being refunded below it; then completed, once.
 referrals = Table(
-    "referrals", metadata,
+    "referrals",
+    metadata,
     Column("referee_id", Text, primary_key=True),
     Column("referrer_id", Text, nullable=False),
     Column("chain_id", Text, nullable=False),
@@ -82,7 +96,8 @@ referrals = Table(
 )
 
 activities = Table(
-    "activities", metadata,
+    "activities",
+    metadata,
     Column("chain_id", Text, primary_key=True),
     Column("activity_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
@@ -95,7 +110,8 @@ activities = Table(
 
 # The member status view: a projection of points, tiering and benefits events.
 member_status = Table(
-    "member_status", metadata,
+    "member_status",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("tier", JSONB),
     Column("progress", JSONB),

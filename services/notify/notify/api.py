@@ -32,8 +32,9 @@ async def get_preferences(member_id: str, ctx: CtxDep, principal: AppKey) -> sch
 
 
 @router.put("/members/{member_id}/preferences", response_model=schemas.PreferencesView)
-async def put_preferences(member_id: str, body: schemas.PreferencesRequest, ctx: CtxDep,
-                          principal: AppKey) -> schemas.PreferencesView:
+async def put_preferences(
+    member_id: str, body: schemas.PreferencesRequest, ctx: CtxDep, principal: AppKey
+) -> schemas.PreferencesView:
     """Replace the member's channels, quiet hours and locale."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
         return await handlers.set_preferences(uow, chain_id=principal.chain_id, member_id=member_id, req=body)

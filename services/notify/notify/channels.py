@@ -76,13 +76,17 @@ class WebhookChannel:
             await self.sink.append("webhook.jsonl", doc)
             return
         body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": notification.notification_id,
-                   "X-Membership-Notification-Id": notification.notification_id}
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": notification.notification_id,
+            "X-Membership-Notification-Id": notification.notification_id,
+        }
         if chain.webhook_secret:
             headers["X-Membership-Signature"] = signature(chain.webhook_secret, body)
         try:
-            response = await self.client.post(chain.webhook_url, content=body, headers=headers,
-                                              timeout=ATTEMPT_TIMEOUT_SECONDS)
+            response = await self.client.post(
+                chain.webhook_url, content=body, headers=headers, timeout=ATTEMPT_TIMEOUT_SECONDS
+            )
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}") from exc
         if not response.is_success:
@@ -98,8 +102,14 @@ class SmsChannel:
     async def send(self, notification: Notification, contact: Contact | None, chain: Chain | None) -> None:
         if contact is None or not contact.phone:
             raise Undeliverable("no phone number for this member")
-        await self.sink.append("sms.jsonl", {"notification_id": notification.notification_id, "to": contact.phone,
-                                             "text": f"【{notification.title}】{notification.body}"})
+        await self.sink.append(
+            "sms.jsonl",
+            {
+                "notification_id": notification.notification_id,
+                "to": contact.phone,
+                "text": f"【{notification.title}】{notification.body}",
+            },
+        )
 
 
 class EmailChannel:
@@ -130,9 +140,15 @@ class EmailChannel:
             raise Undeliverable("no email address for this member")
         msg = self._message(notification, contact.email)
         if self.host is None:
-            await self.sink.append("email.jsonl", {"notification_id": notification.notification_id,
-                                                   "to": contact.email, "subject": notification.title,
-                                                   "text": notification.body})
+            await self.sink.append(
+                "email.jsonl",
+                {
+                    "notification_id": notification.notification_id,
+                    "to": contact.email,
+                    "subject": notification.title,
+                    "text": notification.body,
+                },
+            )
             return
         try:
             await asyncio.to_thread(self._smtp_send, msg)

@@ -52,10 +52,21 @@ class Outcome:
 def _claim_due(now: Any) -> Any:
     n = notifications
     return (
-        select(n, contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents,
-               preferences.c.quiet_start, preferences.c.quiet_end, preferences.c.locale.label("preferred_locale"))
-        .select_from(n.outerjoin(contacts, contacts.c.member_id == n.c.member_id)
-                     .outerjoin(preferences, preferences.c.member_id == n.c.member_id))
+        select(
+            n,
+            contacts.c.name,
+            contacts.c.phone,
+            contacts.c.email,
+            contacts.c.consents,
+            preferences.c.quiet_start,
+            preferences.c.quiet_end,
+            preferences.c.locale.label("preferred_locale"),
+        )
+        .select_from(
+            n.outerjoin(contacts, contacts.c.member_id == n.c.member_id).outerjoin(
+                preferences, preferences.c.member_id == n.c.member_id
+            )
+        )
         .where(n.c.status == "pending", n.c.next_attempt_at <= now)
         .order_by(n.c.next_attempt_at)
         .limit(CLAIM_BATCH)
@@ -65,16 +76,23 @@ def _claim_due(now: Any) -> Any:
 
 def _notification(row: Any) -> domain.Notification:
     return domain.Notification(
-        notification_id=row.notification_id, member_id=row.member_id, chain_id=row.chain_id, kind=row.kind,
-        channel=row.channel, locale=row.locale, title=row.title, body=row.body, data=row.data,
-        created_at=row.created_at)
+        notification_id=row.notification_id,
+        member_id=row.member_id,
+        chain_id=row.chain_id,
+        kind=row.kind,
+        channel=row.channel,
+        locale=row.locale,
+        title=row.title,
+        body=row.body,
+        data=row.data,
+        created_at=row.created_at,
+    )
 
 
 def _contact(row: Any) -> domain.Contact | None:
     if row.consents is None:
         return None  # the member's MemberEnrolled has not arrived
-    return domain.Contact(name=row.name, phone=row.phone, email=row.email,
-                          consents=domain.Consents(**row.consents))
+    return domain.Contact(name=row.name, phone=row.phone, email=row.email, consents=domain.Consents(**row.consents))
 
 
 def _quiet_hours(row: Any) -> domain.QuietHours | None:
@@ -85,8 +103,7 @@ def _quiet_hours(row: Any) -> domain.QuietHours | None:
     return domain.QuietHours(time.fromisoformat(row.quiet_start), time.fromisoformat(row.quiet_end))
 
 
-def _marketing_gate(row: Any, contact: domain.Contact | None, chain: Chain | None,
-                    now: datetime) -> Outcome | None:
+def _marketing_gate(row: Any, contact: domain.Contact | None, chain: Chain | None, now: datetime) -> Outcome | None:
     """Why a due marketing notification may not go out now (None: it may)."""
     if not domain.is_marketing(row.kind, bool(row.data.get("marketing"))):
         return None
@@ -97,8 +114,9 @@ def _marketing_gate(row: Any, contact: domain.Contact | None, chain: Chain | Non
     return Outcome(held_until=held_until) if held_until is not None else None
 
 
-async def _attempt(channel: DeliveryChannel, row: Any, chain: Chain | None, now: datetime,
-                   slots: asyncio.Semaphore) -> Outcome:
+async def _attempt(
+    channel: DeliveryChannel, row: Any, chain: Chain | None, now: datetime, slots: asyncio.Semaphore
+) -> Outcome:
     contact = _contact(row)
     if (gate := _marketing_gate(row, contact, chain, now)) is not None:
         return gate
@@ -118,39 +136,57 @@ async def _attempt(channel: DeliveryChannel, row: Any, chain: Chain | None, now:
 
 
 def _event(cls: type, row: Any, attempts: int, error: str | None = None) -> Any:
-    return cls(notification_id=row.notification_id, kind=row.kind, channel=row.channel, attempts=attempts,
-               error=error)
+    return cls(notification_id=row.notification_id, kind=row.kind, channel=row.channel, attempts=attempts, error=error)
 
 
 async def _record(uow: UnitOfWork, ctx: ServiceContext, rows: list[Any], outcomes: list[Outcome]) -> None:
     now = uow.now()
     n = notifications
-    sent = [r for r, o in zip(rows, outcomes) if o.error is None and o.held_until is None]
+    sent = [r for r, o in zip(rows, outcomes, strict=False) if o.error is None and o.held_until is None]
     if sent:
-        await uow.execute(update(n).where(n.c.notification_id.in_([r.notification_id for r in sent]))
-                          .values(status="sent", attempts=n.c.attempts + 1, sent_at=now, last_error=None))
+        await uow.execute(
+            update(n)
+            .where(n.c.notification_id.in_([r.notification_id for r in sent]))
+            .values(status="sent", attempts=n.c.attempts + 1, sent_at=now, last_error=None)
+        )
         for r in sent:
             uow.publish(_event(NotificationSent, r, r.attempts + 1), member_id=r.member_id, chain_id=r.chain_id)
-    for r, o in zip(rows, outcomes):
+    for r, o in zip(rows, outcomes, strict=False):
         if o.held_until is not None:
-            await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
-                              .values(next_attempt_at=o.held_until))
+            await uow.execute(
+                update(n).where(n.c.notification_id == r.notification_id).values(next_attempt_at=o.held_until)
+            )
             continue
         if o.error is None:
             continue
         attempts = r.attempts + 1
-        step = domain.GiveUp() if o.permanent else domain.after_failure(
-            attempts=attempts, max_attempts=ctx.settings.notify_max_attempts,
-            base_seconds=ctx.settings.notify_retry_base_seconds, now=now)
+        step = (
+            domain.GiveUp()
+            if o.permanent
+            else domain.after_failure(
+                attempts=attempts,
+                max_attempts=ctx.settings.notify_max_attempts,
+                base_seconds=ctx.settings.notify_retry_base_seconds,
+                now=now,
+            )
+        )
         if isinstance(step, domain.Retry):
-            await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
-                              .values(attempts=attempts, next_attempt_at=step.at, last_error=o.error))
+            await uow.execute(
+                update(n)
+                .where(n.c.notification_id == r.notification_id)
+                .values(attempts=attempts, next_attempt_at=step.at, last_error=o.error)
+            )
             continue
-        await uow.execute(update(n).where(n.c.notification_id == r.notification_id)
-                          .values(status="failed", attempts=attempts, last_error=o.error))
+        await uow.execute(
+            update(n)
+            .where(n.c.notification_id == r.notification_id)
+            .values(status="failed", attempts=attempts, last_error=o.error)
+        )
         uow.publish(_event(NotificationFailed, r, attempts, o.error), member_id=r.member_id, chain_id=r.chain_id)
-        log.warning("notification failed", extra={"notification_id": r.notification_id, "channel": r.channel,
-                                                  "attempts": attempts, "error": o.error})
+        log.warning(
+            "notification failed",
+            extra={"notification_id": r.notification_id, "channel": r.channel, "attempts": attempts, "error": o.error},
+        )
 
 
 async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel]) -> int:
@@ -162,8 +198,9 @@ async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel])
             return 0
         chains = {cid: await ctx.platform.chain(cid) for cid in {r.chain_id for r in rows}}
         slots = asyncio.Semaphore(PARALLEL_SENDS)
-        outcomes = await asyncio.gather(*(_attempt(channels[r.channel], r, chains[r.chain_id], now, slots)
-                                          for r in rows))
+        outcomes = await asyncio.gather(
+            *(_attempt(channels[r.channel], r, chains[r.chain_id], now, slots) for r in rows)
+        )
         await _record(uow, ctx, rows, list(outcomes))
     return len(rows)
 

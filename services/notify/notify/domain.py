@@ -32,15 +32,18 @@ class Kind:
     marketing: bool = False
 
 
-KINDS: dict[str, Kind] = {k.code: k for k in (
-    Kind("welcome"),
-    Kind("tier_up"),
-    Kind("tier_down"),
-    Kind("benefit_granted"),
-    Kind("voucher_granted", marketing=True),
-    Kind("points_expiring"),
-    Kind("referral_completed"),
-)}
+KINDS: dict[str, Kind] = {
+    k.code: k
+    for k in (
+        Kind("welcome"),
+        Kind("tier_up"),
+        Kind("tier_down"),
+        Kind("benefit_granted"),
+        Kind("voucher_granted", marketing=True),
+        Kind("points_expiring"),
+        Kind("referral_completed"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,13 @@ class Notification:
     def document(self) -> dict:
         """The JSON a chain's backend receives (and the sink records)."""
         return {
-            "notification_id": self.notification_id, "member_id": self.member_id, "kind": self.kind,
-            "channel": self.channel, "locale": self.locale, "title": self.title, "body": self.body,
-            "data": self.data, "created_at": self.created_at.isoformat(),
+            "notification_id": self.notification_id,
+            "member_id": self.member_id,
+            "kind": self.kind,
+            "channel": self.channel,
+            "locale": self.locale,
+            "title": self.title,
+            "body": self.body,
+            "data": self.data,
+            "created_at": self.created_at.isoformat(),
         }

@@ -23,11 +23,17 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import Database, UnitOfWork
-from shared.platform import chain_timezone as shared_chain_timezone
 from shared.events import (
-    BenefitGranted, CloudEvent, MemberEnrolled, MemberUpdated, PointsExpiringSoon, ReferralCompleted, TierChanged,
+    BenefitGranted,
+    CloudEvent,
+    MemberEnrolled,
+    MemberUpdated,
+    PointsExpiringSoon,
+    ReferralCompleted,
+    TierChanged,
     decode,
 )
+from shared.platform import chain_timezone as shared_chain_timezone
 from shared.problems import NotFound
 
 from . import domain, schemas, templates
@@ -60,32 +66,45 @@ def _time(s: str) -> time:
 
 
 def _contact(row: Any) -> domain.Contact:
-    return domain.Contact(name=row.name, phone=row.phone, email=row.email,
-                          consents=domain.Consents(**(row.consents or {})))
+    return domain.Contact(
+        name=row.name, phone=row.phone, email=row.email, consents=domain.Consents(**(row.consents or {}))
+    )
 
 
 def _preferences(row: Any) -> domain.Preferences:
     if row is None or row.locale is None:
         return domain.Preferences()
     quiet = domain.QuietHours(_time(row.quiet_start), _time(row.quiet_end)) if row.quiet_start else None
-    return domain.Preferences(channels=domain.canonical_channels(row.channels), locale=row.locale,
-                              quiet_hours=quiet)
+    return domain.Preferences(channels=domain.canonical_channels(row.channels), locale=row.locale, quiet_hours=quiet)
 
 
 def _preference_values(p: domain.Preferences) -> dict[str, Any]:
-    return {"locale": p.locale, "channels": list(p.channels),
-            "quiet_start": _hhmm(p.quiet_hours.start) if p.quiet_hours else None,
-            "quiet_end": _hhmm(p.quiet_hours.end) if p.quiet_hours else None}
+    return {
+        "locale": p.locale,
+        "channels": list(p.channels),
+        "quiet_start": _hhmm(p.quiet_hours.start) if p.quiet_hours else None,
+        "quiet_end": _hhmm(p.quiet_hours.end) if p.quiet_hours else None,
+    }
 
 
 async def recipient_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Recipient:
     """The member's contact and preferences in one query (defaults when not known yet)."""
-    row = (await uow.execute(
-        select(contacts.c.name, contacts.c.phone, contacts.c.email, contacts.c.consents,
-               preferences.c.locale, preferences.c.channels, preferences.c.quiet_start, preferences.c.quiet_end)
-        .select_from(contacts.outerjoin(preferences, preferences.c.member_id == contacts.c.member_id))
-        .where(contacts.c.member_id == member_id, contacts.c.chain_id == chain_id)
-    )).first()
+    row = (
+        await uow.execute(
+            select(
+                contacts.c.name,
+                contacts.c.phone,
+                contacts.c.email,
+                contacts.c.consents,
+                preferences.c.locale,
+                preferences.c.channels,
+                preferences.c.quiet_start,
+                preferences.c.quiet_end,
+            )
+            .select_from(contacts.outerjoin(preferences, preferences.c.member_id == contacts.c.member_id))
+            .where(contacts.c.member_id == member_id, contacts.c.chain_id == chain_id)
+        )
+    ).first()
     if row is None:
         return Recipient(None, domain.Preferences())
     return Recipient(_contact(row), _preferences(row))
@@ -109,8 +128,17 @@ def zone_named(name: str | None) -> tzinfo:
 # ---- queueing ---------------------------------------------------------------------------------
 
 
-async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str, values: Values,
-                data: dict[str, Any], recipient: Recipient | None = None, tz: tzinfo | None = None) -> int:
+async def queue(
+    uow: UnitOfWork,
+    event: CloudEvent,
+    *,
+    member_id: str,
+    kind: str,
+    values: Values,
+    data: dict[str, Any],
+    recipient: Recipient | None = None,
+    tz: tzinfo | None = None,
+) -> int:
     """Queue one notification of ``kind`` per channel the member wants and allows; returns how many.
 
     A marketing kind needs the marketing consent (else nothing is queued) and, queued inside the
@@ -133,24 +161,50 @@ async def queue(uow: UnitOfWork, event: CloudEvent, *, member_id: str, kind: str
     if spec.marketing and tz is None:
         tz = await chain_timezone(uow, chain_id)
     not_before = domain.earliest_delivery(spec, who.preferences.quiet_hours, now.astimezone(tz or DEFAULT_TZ))
-    await uow.execute(pg_insert(notifications).values([
-        {"notification_id": str(uuid.uuid4()), "member_id": member_id, "chain_id": chain_id, "kind": kind,
-         "channel": channel, "locale": locale, "title": title, "body": body,
-         "data": {**data, "marketing": spec.marketing}, "status": "pending", "attempts": 0,
-         "next_attempt_at": not_before, "source_event_id": event.id, "created_at": now}
-        for channel in channels
-    ]).on_conflict_do_nothing(constraint="notifications_once_per_event"))
+    await uow.execute(
+        pg_insert(notifications)
+        .values(
+            [
+                {
+                    "notification_id": str(uuid.uuid4()),
+                    "member_id": member_id,
+                    "chain_id": chain_id,
+                    "kind": kind,
+                    "channel": channel,
+                    "locale": locale,
+                    "title": title,
+                    "body": body,
+                    "data": {**data, "marketing": spec.marketing},
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": not_before,
+                    "source_event_id": event.id,
+                    "created_at": now,
+                }
+                for channel in channels
+            ]
+        )
+        .on_conflict_do_nothing(constraint="notifications_once_per_event")
+    )
     return len(channels)
 
 
 async def _park(uow: UnitOfWork, event: CloudEvent, *, member_id: str) -> None:
     """The event overtook its member's MemberEnrolled: keep it until the enrolment arrives."""
-    await uow.execute(pg_insert(parked_events).values(
-        event_id=event.id, member_id=member_id, chain_id=event.chainid, payload=event.to_json().decode(),
-        parked_at=uow.now(),
-    ).on_conflict_do_nothing())
-    log.info("event parked until the member's enrolment arrives",
-             extra={"event_id": event.id, "event_type": event.type})
+    await uow.execute(
+        pg_insert(parked_events)
+        .values(
+            event_id=event.id,
+            member_id=member_id,
+            chain_id=event.chainid,
+            payload=event.to_json().decode(),
+            parked_at=uow.now(),
+        )
+        .on_conflict_do_nothing()
+    )
+    log.info(
+        "event parked until the member's enrolment arrives", extra={"event_id": event.id, "event_type": event.type}
+    )
 
 
 #: an enrolment that has not arrived this long after an event about the member never will
@@ -160,8 +214,9 @@ PARKED_DAYS = 30
 async def purge_parked(db: Database, *, older_than: timedelta = timedelta(days=PARKED_DAYS)) -> int:
     """Drop parked events whose member never enrolled (a bad producer, a member of a deleted chain)."""
     async with db.unit_of_work() as uow:
-        dropped = (await uow.execute(delete(parked_events).where(
-            parked_events.c.parked_at < uow.now() - older_than))).rowcount
+        dropped = (
+            await uow.execute(delete(parked_events).where(parked_events.c.parked_at < uow.now() - older_than))
+        ).rowcount
     if dropped:
         log.warning("dropped parked events whose member never enrolled", extra={"events": dropped})
     return dropped
@@ -169,9 +224,16 @@ async def purge_parked(db: Database, *, older_than: timedelta = timedelta(days=P
 
 async def _unpark(uow: UnitOfWork, *, member_id: str, chain_id: str) -> None:
     """Handle, in the order they came, the events that waited for this member's enrolment."""
-    rows = (await uow.execute(delete(parked_events).where(
-        parked_events.c.member_id == member_id, parked_events.c.chain_id == chain_id,
-    ).returning(parked_events.c.seq, parked_events.c.payload))).all()
+    rows = (
+        await uow.execute(
+            delete(parked_events)
+            .where(
+                parked_events.c.member_id == member_id,
+                parked_events.c.chain_id == chain_id,
+            )
+            .returning(parked_events.c.seq, parked_events.c.payload)
+        )
+    ).all()
     for row in sorted(rows, key=lambda r: r.seq):
         event = decode(row.payload)
         await HANDLERS[type(event.data)](event, uow)
@@ -183,17 +245,40 @@ async def _unpark(uow: UnitOfWork, *, member_id: str, chain_id: str) -> None:
 async def on_member_enrolled(event: CloudEvent, uow: UnitOfWork) -> None:
     d: MemberEnrolled = event.data  # type: ignore[assignment]
     consents = d.consents.model_dump()
-    await uow.execute(pg_insert(contacts).values(
-        member_id=d.member_id, chain_id=event.chainid, name=d.name, phone=d.phone, email=d.email,
-        consents=consents, updated_at=uow.now(),
-    ).on_conflict_do_nothing())
+    await uow.execute(
+        pg_insert(contacts)
+        .values(
+            member_id=d.member_id,
+            chain_id=event.chainid,
+            name=d.name,
+            phone=d.phone,
+            email=d.email,
+            consents=consents,
+            updated_at=uow.now(),
+        )
+        .on_conflict_do_nothing()
+    )
     defaults = domain.Preferences()
-    await uow.execute(pg_insert(preferences).values(
-        member_id=d.member_id, chain_id=event.chainid, **_preference_values(defaults), updated_at=uow.now(),
-    ).on_conflict_do_nothing())
+    await uow.execute(
+        pg_insert(preferences)
+        .values(
+            member_id=d.member_id,
+            chain_id=event.chainid,
+            **_preference_values(defaults),
+            updated_at=uow.now(),
+        )
+        .on_conflict_do_nothing()
+    )
     contact = domain.Contact(name=d.name, phone=d.phone, email=d.email, consents=domain.Consents(**consents))
-    await queue(uow, event, member_id=d.member_id, kind="welcome", values=lambda _: {"member_no": d.member_no},
-                data={"member_no": d.member_no}, recipient=Recipient(contact, defaults))
+    await queue(
+        uow,
+        event,
+        member_id=d.member_id,
+        kind="welcome",
+        values=lambda _: {"member_no": d.member_no},
+        data={"member_no": d.member_no},
+        recipient=Recipient(contact, defaults),
+    )
     await _unpark(uow, member_id=d.member_id, chain_id=event.chainid)
 
 
@@ -207,9 +292,11 @@ async def on_member_updated(event: CloudEvent, uow: UnitOfWork) -> None:
     if d.consents is not None:
         changes["consents"] = d.consents.model_dump()
     if changes:
-        await uow.execute(update(contacts).where(contacts.c.member_id == d.member_id,
-                                                 contacts.c.chain_id == event.chainid)
-                          .values(**changes, updated_at=uow.now()))
+        await uow.execute(
+            update(contacts)
+            .where(contacts.c.member_id == d.member_id, contacts.c.chain_id == event.chainid)
+            .values(**changes, updated_at=uow.now())
+        )
 
 
 async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -217,10 +304,19 @@ async def on_tier_changed(event: CloudEvent, uow: UnitOfWork) -> None:
     kind = domain.tier_change_kind(d.direction)
     if kind is None:
         return
-    await queue(uow, event, member_id=event.subject, kind=kind,
-                values=lambda locale: {"tier_name": templates.tier_name(d.to_tier, locale, d.to_tier_name)},
-                data={"from_tier": d.from_tier, "to_tier": d.to_tier, "reason": d.reason,
-                      "effective_at": d.effective_at.isoformat()})
+    await queue(
+        uow,
+        event,
+        member_id=event.subject,
+        kind=kind,
+        values=lambda locale: {"tier_name": templates.tier_name(d.to_tier, locale, d.to_tier_name)},
+        data={
+            "from_tier": d.from_tier,
+            "to_tier": d.to_tier,
+            "reason": d.reason,
+            "effective_at": d.effective_at.isoformat(),
+        },
+    )
 
 
 async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
@@ -228,37 +324,67 @@ async def on_benefit_granted(event: CloudEvent, uow: UnitOfWork) -> None:
     if domain.benefit_granted_kind(d.code, d.value_fen) == "voucher_granted":
         await _voucher_granted(event, uow, d)
         return
-    await queue(uow, event, member_id=event.subject, kind="benefit_granted",
-                values=lambda locale: {"code": d.code, "benefit_name": templates.benefit_name(d.code, locale)},
-                data={"benefit_id": d.benefit_id, "code": d.code,
-                      "valid_until": d.valid_until.isoformat() if d.valid_until else None})
+    await queue(
+        uow,
+        event,
+        member_id=event.subject,
+        kind="benefit_granted",
+        values=lambda locale: {"code": d.code, "benefit_name": templates.benefit_name(d.code, locale)},
+        data={
+            "benefit_id": d.benefit_id,
+            "code": d.code,
+            "valid_until": d.valid_until.isoformat() if d.valid_until else None,
+        },
+    )
 
 
 async def _voucher_granted(event: CloudEvent, uow: UnitOfWork, d: BenefitGranted) -> None:
     """A voucher is an offer: the marketing ``voucher_granted``, stating its value and last day."""
     tz = await chain_timezone(uow, event.chainid)
     last_day = domain.last_valid_day(d.valid_until, tz)
-    await queue(uow, event, member_id=event.subject, kind="voucher_granted", tz=tz,
-                values=lambda locale: {"voucher": templates.voucher(d.code, d.value_fen, locale),
-                                       "validity": templates.validity(last_day, locale)},
-                data={"benefit_id": d.benefit_id, "code": d.code, "value_fen": d.value_fen,
-                      "valid_until": d.valid_until.isoformat() if d.valid_until else None,
-                      "last_valid_day": last_day.isoformat() if last_day else None})
+    await queue(
+        uow,
+        event,
+        member_id=event.subject,
+        kind="voucher_granted",
+        tz=tz,
+        values=lambda locale: {
+            "voucher": templates.voucher(d.code, d.value_fen, locale),
+            "validity": templates.validity(last_day, locale),
+        },
+        data={
+            "benefit_id": d.benefit_id,
+            "code": d.code,
+            "value_fen": d.value_fen,
+            "valid_until": d.valid_until.isoformat() if d.valid_until else None,
+            "last_valid_day": last_day.isoformat() if last_day else None,
+        },
+    )
 
 
 async def on_points_expiring(event: CloudEvent, uow: UnitOfWork) -> None:
     d: PointsExpiringSoon = event.data  # type: ignore[assignment]
-    await queue(uow, event, member_id=event.subject, kind="points_expiring",
-                values=lambda _: {"points": d.points, "expires_on": d.expires_on.isoformat()},
-                data={"points": d.points, "expires_on": d.expires_on.isoformat()})
+    await queue(
+        uow,
+        event,
+        member_id=event.subject,
+        kind="points_expiring",
+        values=lambda _: {"points": d.points, "expires_on": d.expires_on.isoformat()},
+        data={"points": d.points, "expires_on": d.expires_on.isoformat()},
+    )
 
 
 async def on_referral_completed(event: CloudEvent, uow: UnitOfWork) -> None:
     # the event's subject may be either side; the message is for the referrer
     d: ReferralCompleted = event.data  # type: ignore[assignment]
-    await queue(uow, event, member_id=d.referrer_id, kind="referral_completed",
-                values=lambda _: {"referral_count": d.referral_count},
-                data={"referee_id": d.referee_id, "purchase_id": d.purchase_id, "referral_count": d.referral_count})
+    await queue(
+        uow,
+        event,
+        member_id=d.referrer_id,
+        kind="referral_completed",
+        values=lambda _: {"referral_count": d.referral_count},
+        data={"referee_id": d.referee_id, "purchase_id": d.purchase_id, "referral_count": d.referral_count},
+    )
 
 
 HANDLERS = {
@@ -276,17 +402,22 @@ HANDLERS = {
 
 async def _known_member(uow: UnitOfWork, *, chain_id: str, member_id: str) -> None:
     """Another chain's member does not exist for this key."""
-    found = await uow.session.scalar(select(contacts.c.member_id).where(
-        contacts.c.member_id == member_id, contacts.c.chain_id == chain_id))
+    found = await uow.session.scalar(
+        select(contacts.c.member_id).where(contacts.c.member_id == member_id, contacts.c.chain_id == chain_id)
+    )
     if found is None:
         raise NotFound("No such member.")
 
 
 async def notifications_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.NotificationList:
-    rows = (await uow.execute(
-        select(notifications).where(notifications.c.member_id == member_id, notifications.c.chain_id == chain_id)
-        .order_by(notifications.c.created_at.desc(), notifications.c.notification_id).limit(LIST_LIMIT)
-    )).all()
+    rows = (
+        await uow.execute(
+            select(notifications)
+            .where(notifications.c.member_id == member_id, notifications.c.chain_id == chain_id)
+            .order_by(notifications.c.created_at.desc(), notifications.c.notification_id)
+            .limit(LIST_LIMIT)
+        )
+    ).all()
     if not rows:
         await _known_member(uow, chain_id=chain_id, member_id=member_id)
     return schemas.NotificationList(items=[_notification_view(r) for r in rows])
@@ -299,10 +430,10 @@ def _notification_view(row: Any) -> schemas.NotificationView:
 
 
 def _preferences_view(member_id: str, p: domain.Preferences) -> schemas.PreferencesView:
-    quiet = schemas.QuietHoursIn(start=_hhmm(p.quiet_hours.start), end=_hhmm(p.quiet_hours.end)) \
-        if p.quiet_hours else None
-    return schemas.PreferencesView(member_id=member_id, channels=list(p.channels), quiet_hours=quiet,
-                                   locale=p.locale)
+    quiet = (
+        schemas.QuietHoursIn(start=_hhmm(p.quiet_hours.start), end=_hhmm(p.quiet_hours.end)) if p.quiet_hours else None
+    )
+    return schemas.PreferencesView(member_id=member_id, channels=list(p.channels), quiet_hours=quiet, locale=p.locale)
 
 
 async def preferences_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.PreferencesView:
@@ -311,14 +442,17 @@ async def preferences_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> s
     return _preferences_view(member_id, _preferences(row))
 
 
-async def set_preferences(uow: UnitOfWork, *, chain_id: str, member_id: str,
-                          req: schemas.PreferencesRequest) -> schemas.PreferencesView:
+async def set_preferences(
+    uow: UnitOfWork, *, chain_id: str, member_id: str, req: schemas.PreferencesRequest
+) -> schemas.PreferencesView:
     """Replace the member's preferences; they apply to notifications queued from now on."""
     await _known_member(uow, chain_id=chain_id, member_id=member_id)
     quiet = domain.QuietHours(_time(req.quiet_hours.start), _time(req.quiet_hours.end)) if req.quiet_hours else None
-    prefs = domain.Preferences(channels=domain.canonical_channels(req.channels), locale=req.locale,
-                               quiet_hours=quiet)
+    prefs = domain.Preferences(channels=domain.canonical_channels(req.channels), locale=req.locale, quiet_hours=quiet)
     values = {**_preference_values(prefs), "updated_at": uow.now()}
-    await uow.execute(pg_insert(preferences).values(member_id=member_id, chain_id=chain_id, **values)
-                      .on_conflict_do_update(index_elements=["member_id"], set_=values))
+    await uow.execute(
+        pg_insert(preferences)
+        .values(member_id=member_id, chain_id=chain_id, **values)
+        .on_conflict_do_update(index_elements=["member_id"], set_=values)
+    )
     return _preferences_view(member_id, prefs)

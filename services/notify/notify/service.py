@@ -13,7 +13,9 @@ SERVICE = ServiceDefinition(
     routers=[router],
     handlers=HANDLERS,
     # due notifications are picked up within ~0.2 s; retries wait for their next_attempt_at
-    schedules=[Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2),
-               Schedule(name="purge-parked-events", run=lambda ctx: purge_parked(ctx.db), interval_seconds=3600)],
+    schedules=[
+        Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2),
+        Schedule(name="purge-parked-events", run=lambda ctx: purge_parked(ctx.db), interval_seconds=3600),
+    ],
     description="Templates, preferences, notifications and their delivery over webhook, SMS and email.",
 )

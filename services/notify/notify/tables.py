@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    ARRAY, BigInteger, Column, DateTime, Identity, Index, Integer, MetaData, Table, Text, UniqueConstraint, func, text,
+    ARRAY,
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -16,7 +28,8 @@ shared = shared_tables(metadata)
 # What notify knows of a member, from MemberEnrolled/MemberUpdated. The phone and email are
 # only ever written to a channel, never to a log.
 contacts = Table(
-    "contacts", metadata,
+    "contacts",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("name", Text),
@@ -27,7 +40,8 @@ contacts = Table(
 )
 
 preferences = Table(
-    "preferences", metadata,
+    "preferences",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("locale", Text, nullable=False, server_default="zh-CN"),
@@ -38,7 +52,8 @@ preferences = Table(
 )
 
 notifications = Table(
-    "notifications", metadata,
+    "notifications",
+    metadata,
     Column("notification_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("chain_id", Text, nullable=False),
@@ -65,7 +80,8 @@ notifications = Table(
 # contact notify can't tell the member's consents, so the event waits here and is handled when
 # the enrolment arrives, in the enrolment's transaction.
 parked_events = Table(
-    "parked_events", metadata,
+    "parked_events",
+    metadata,
     Column("seq", BigInteger, Identity(), primary_key=True),
     Column("event_id", Text, nullable=False, unique=True),
     Column("member_id", Text, nullable=False),

@@ -20,51 +20,75 @@ from .domain import DEFAULT_LOCALE
 
 TEMPLATES: dict[str, dict[str, dict[str, str]]] = {
     "welcome": {
-        "zh-CN": {"title": "欢迎加入会员计划",
-                  "body": "{name}，您好！欢迎成为我们的会员，会员号 {member_no}。消费即可累积积分，享受会员专属权益。"},
-        "en": {"title": "Welcome to the membership programme",
-               "body": "Hello {name}, welcome! Your member number is {member_no}. "
-                       "Earn points with every visit and enjoy member benefits."},
+        "zh-CN": {
+            "title": "欢迎加入会员计划",
+            "body": "{name}，您好！欢迎成为我们的会员，会员号 {member_no}。消费即可累积积分，享受会员专属权益。",
+        },
+        "en": {
+            "title": "Welcome to the membership programme",
+            "body": "Hello {name}, welcome! Your member number is {member_no}. "
+            "Earn points with every visit and enjoy member benefits.",
+        },
     },
     "tier_up": {
-        "zh-CN": {"title": "恭喜升级为{tier_name}",
-                  "body": "{name}，恭喜您升级为{tier_name}！更多专属权益已为您开通。"},
-        "en": {"title": "You are now {tier_name}",
-               "body": "Congratulations {name}, you have been upgraded to {tier_name}. "
-                       "Your new benefits are ready."},
+        "zh-CN": {
+            "title": "恭喜升级为{tier_name}",
+            "body": "{name}，恭喜您升级为{tier_name}！更多专属权益已为您开通。",
+        },
+        "en": {
+            "title": "You are now {tier_name}",
+            "body": "Congratulations {name}, you have been upgraded to {tier_name}. Your new benefits are ready.",
+        },
     },
     "tier_down": {
-        "zh-CN": {"title": "会员等级调整为{tier_name}",
-                  "body": "{name}，根据近一年的消费与积分，您的会员等级已调整为{tier_name}。继续消费即可重新升级。"},
-        "en": {"title": "Your tier is now {tier_name}",
-               "body": "{name}, following your annual review your tier is now {tier_name}. "
-                       "Keep visiting to move up again."},
+        "zh-CN": {
+            "title": "会员等级调整为{tier_name}",
+            "body": "{name}，根据近一年的消费与积分，您的会员等级已调整为{tier_name}。继续消费即可重新升级。",
+        },
+        "en": {
+            "title": "Your tier is now {tier_name}",
+            "body": "{name}, following your annual review your tier is now {tier_name}. "
+            "Keep visiting to move up again.",
+        },
     },
     "benefit_granted": {
-        "zh-CN": {"title": "您获得了新权益：{benefit_name}",
-                  "body": "{name}，{benefit_name}（{code}）已发放到您的账户，欢迎到店使用。"},
-        "en": {"title": "New benefit: {benefit_name}",
-               "body": "{name}, {benefit_name} ({code}) has been added to your account."},
+        "zh-CN": {
+            "title": "您获得了新权益：{benefit_name}",
+            "body": "{name}，{benefit_name}（{code}）已发放到您的账户，欢迎到店使用。",
+        },
+        "en": {
+            "title": "New benefit: {benefit_name}",
+            "body": "{name}, {benefit_name} ({code}) has been added to your account.",
+        },
     },
     # marketing: see the module docstring
     "voucher_granted": {
-        "zh-CN": {"title": "您有一张礼券待使用",
-                  "body": "{name}，您的{voucher}已到账，{validity}，欢迎到店使用。"},
-        "en": {"title": "A voucher is waiting for you",
-               "body": "{name}, your {voucher} is waiting for you, {validity}."},
+        "zh-CN": {"title": "您有一张礼券待使用", "body": "{name}，您的{voucher}已到账，{validity}，欢迎到店使用。"},
+        "en": {
+            "title": "A voucher is waiting for you",
+            "body": "{name}, your {voucher} is waiting for you, {validity}.",
+        },
     },
     "points_expiring": {
-        "zh-CN": {"title": "{points} 积分即将过期",
-                  "body": "{name}，您有 {points} 积分将于 {expires_on} 过期，请及时使用。"},
-        "en": {"title": "{points} points expire soon",
-               "body": "{name}, {points} of your points expire on {expires_on}. Redeem them before then."},
+        "zh-CN": {
+            "title": "{points} 积分即将过期",
+            "body": "{name}，您有 {points} 积分将于 {expires_on} 过期，请及时使用。",
+        },
+        "en": {
+            "title": "{points} points expire soon",
+            "body": "{name}, {points} of your points expire on {expires_on}. Redeem them before then.",
+        },
     },
     "referral_completed": {
-        "zh-CN": {"title": "推荐成功",
-                  "body": "{name}，您推荐的好友已完成首次消费，推荐奖励已发放。您已成功推荐 {referral_count} 位好友。"},
-        "en": {"title": "Referral completed",
-               "body": "{name}, your friend has made their first purchase and your referral reward is on its way. "
-                       "Completed referrals: {referral_count}."},
+        "zh-CN": {
+            "title": "推荐成功",
+            "body": "{name}，您推荐的好友已完成首次消费，推荐奖励已发放。您已成功推荐 {referral_count} 位好友。",
+        },
+        "en": {
+            "title": "Referral completed",
+            "body": "{name}, your friend has made their first purchase and your referral reward is on its way. "
+            "Completed referrals: {referral_count}.",
+        },
     },
 }
 
@@ -86,16 +110,27 @@ TIER_NAMES: dict[str, dict[str, str]] = {
 
 BENEFIT_NAMES: dict[str, dict[str, str]] = {
     "zh-CN": {
-        "discount_percent": "会员折扣", "priority_booking": "优先预约", "birthday_voucher": "生日礼券",
-        "annual_skin_check": "年度皮肤检测", "dedicated_doctor": "专属医生", "care_pack": "术后护理包",
-        "private_plan": "私人定制方案", "24h_response": "24小时响应", "welcome_skin_check": "新人皮肤检测",
+        "discount_percent": "会员折扣",
+        "priority_booking": "优先预约",
+        "birthday_voucher": "生日礼券",
+        "annual_skin_check": "年度皮肤检测",
+        "dedicated_doctor": "专属医生",
+        "care_pack": "术后护理包",
+        "private_plan": "私人定制方案",
+        "24h_response": "24小时响应",
+        "welcome_skin_check": "新人皮肤检测",
         "referral_voucher": "推荐礼券",
     },
     "en": {
-        "discount_percent": "member discount", "priority_booking": "priority booking",
-        "birthday_voucher": "birthday voucher", "annual_skin_check": "annual skin check",
-        "dedicated_doctor": "a dedicated doctor", "care_pack": "an aftercare pack", "private_plan": "a private plan",
-        "24h_response": "24-hour response", "welcome_skin_check": "a welcome skin check",
+        "discount_percent": "member discount",
+        "priority_booking": "priority booking",
+        "birthday_voucher": "birthday voucher",
+        "annual_skin_check": "annual skin check",
+        "dedicated_doctor": "a dedicated doctor",
+        "care_pack": "an aftercare pack",
+        "private_plan": "a private plan",
+        "24h_response": "24-hour response",
+        "welcome_skin_check": "a welcome skin check",
         "referral_voucher": "a referral voucher",
     },
 }
@@ -126,7 +161,7 @@ def yuan(fen: int, locale: str) -> str:
 
 
 def voucher(code: str, value_fen: int | None, locale: str) -> str:
-    """"1000元生日礼券" / "1,000-yuan birthday voucher"; without a face value just the name."""
+    """ "1000元生日礼券" / "1,000-yuan birthday voucher"; without a face value just the name."""
     name = VOUCHER_NAMES.get(locale, {}).get(code) or benefit_name(code, locale)
     if value_fen is None:
         return name

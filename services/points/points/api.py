@@ -33,51 +33,80 @@ async def points(member_id: str, ctx: CtxDep, principal: Reader) -> schemas.Poin
 
 
 @router.get("/ledger", response_model=schemas.LedgerPage)
-async def ledger(member_id: str, ctx: CtxDep, principal: Reader,
-                 cursor: Annotated[str | None, Query(max_length=200)] = None,
-                 limit: Annotated[int, Query(ge=1, le=200)] = 50) -> schemas.LedgerPage:
+async def ledger(
+    member_id: str,
+    ctx: CtxDep,
+    principal: Reader,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> schemas.LedgerPage:
     """The member's ledger entries, newest first, a page at a time."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.ledger_of(uow, chain_id=principal.chain_id, member_id=member_id, cursor=cursor,
-                                        limit=limit)
+        return await handlers.ledger_of(
+            uow, chain_id=principal.chain_id, member_id=member_id, cursor=cursor, limit=limit
+        )
 
 
 @router.post("/redemptions", status_code=201, response_model=schemas.PostedRedemption)
-async def redeem(member_id: str, body: schemas.RedemptionRequest, ctx: CtxDep, principal: AppKey,
-                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def redeem(
+    member_id: str,
+    body: schemas.RedemptionRequest,
+    ctx: CtxDep,
+    principal: AppKey,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Redeem available points (soonest-expiring lots first); 409 when short or the balance is negative."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
             posted = await handlers.redeem(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
             return 201, posted.model_dump(mode="json")
 
         # the member is part of the request: one key reused for another member is a conflict, not a replay
-        return await idempotent(uow, principal, scope="POST /v1/members/{member_id}/points/redemptions",
-                                key=idempotency_key, body={"member_id": member_id, **body.model_dump(mode="json")},
-                                action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/members/{member_id}/points/redemptions",
+            key=idempotency_key,
+            body={"member_id": member_id, **body.model_dump(mode="json")},
+            action=action,
+        )
 
 
 @router.post("/adjustments", status_code=201, response_model=schemas.PostedEntry)
-async def adjust(member_id: str, body: schemas.AdjustmentRequest, ctx: CtxDep, principal: OpsKey,
-                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def adjust(
+    member_id: str,
+    body: schemas.AdjustmentRequest,
+    ctx: CtxDep,
+    principal: OpsKey,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Correct a member's points (ops): a credit is available at once, a debit may leave the balance negative."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
         async def action() -> tuple[int, dict]:
             posted = await handlers.adjust(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
             return 201, posted.model_dump(mode="json")
 
-        return await idempotent(uow, principal, scope="POST /v1/members/{member_id}/points/adjustments",
-                                key=idempotency_key, body={"member_id": member_id, **body.model_dump(mode="json")},
-                                action=action)
+        return await idempotent(
+            uow,
+            principal,
+            scope="POST /v1/members/{member_id}/points/adjustments",
+            key=idempotency_key,
+            body={"member_id": member_id, **body.model_dump(mode="json")},
+            action=action,
+        )
 
 
 @ops_router.post("/expiry/run", response_model=schemas.ExpiryRunResult)
-async def run_expiry(ctx: CtxDep, principal: OpsKey, body: schemas.ExpiryRunRequest | None = None
-                     ) -> schemas.ExpiryRunResult:
+async def run_expiry(
+    ctx: CtxDep, principal: OpsKey, body: schemas.ExpiryRunRequest | None = None
+) -> schemas.ExpiryRunResult:
     """Run the expiry pass for the key's chain as of ``as_of`` (default now): announce, then expire (ops)."""
     run = await handlers.run_expiry(ctx.db, chain_ids=[principal.chain_id], as_of=body.as_of if body else None)
-    return schemas.ExpiryRunResult(warned=run.warned, expired=run.expired, expired_points=run.expired_points,
-                                   as_of=run.as_of)
+    return schemas.ExpiryRunResult(
+        warned=run.warned, expired=run.expired, expired_points=run.expired_points, as_of=run.as_of
+    )
 
 
 @ops_router.get("/policy", response_model=schemas.PolicyView)

@@ -103,8 +103,9 @@ def available_at(earned_at: datetime, pending_days: int) -> datetime:
     return earned_at + timedelta(days=pending_days)
 
 
-def reversal_points(*, earned: int, amount_fen: int, refunded_before_fen: int, refund_fen: int,
-                    reversed_before: int) -> int:
+def reversal_points(
+    *, earned: int, amount_fen: int, refunded_before_fen: int, refund_fen: int, reversed_before: int
+) -> int:
     """Points to reverse for one refund of a purchase that earned ``earned`` points.
 
     Proportional to the refunded amount, computed on the running total of refunds so that
@@ -160,14 +161,27 @@ class Lot:
         return self.available_at > now and not self.is_expired(now, tz)
 
 
-def new_lot(lot_id: str, points: int, earned_at: datetime, policy: Policy, tz: ZoneInfo, *,
-            qualifying: bool = True, purchase_id: str | None = None, pending: bool = True) -> Lot:
+def new_lot(
+    lot_id: str,
+    points: int,
+    earned_at: datetime,
+    policy: Policy,
+    tz: ZoneInfo,
+    *,
+    qualifying: bool = True,
+    purchase_id: str | None = None,
+    pending: bool = True,
+) -> Lot:
     """A lot for a credit of ``points`` earned at ``earned_at`` (pending unless ``pending`` is False)."""
     return Lot(
-        lot_id=lot_id, points=points, remaining=points, earned_at=earned_at,
+        lot_id=lot_id,
+        points=points,
+        remaining=points,
+        earned_at=earned_at,
         available_at=available_at(earned_at, policy.pending_days) if pending else earned_at,
         expires_on=expires_on(earned_at, tz, policy.expiry_months),
-        qualifying=qualifying, purchase_id=purchase_id,
+        qualifying=qualifying,
+        purchase_id=purchase_id,
     )
 
 
@@ -259,8 +273,7 @@ class Wallet:
     def expiring_soon(self, now: datetime, notice_days: int) -> list[Lot]:
         """Open lots not yet announced that expire within ``notice_days`` (and have not yet expired)."""
         today, horizon = warning_window(now, self.tz, notice_days)
-        return [lot for lot in self.open_lots()
-                if not lot.expiry_notified and today <= lot.expires_on <= horizon]
+        return [lot for lot in self.open_lots() if not lot.expiry_notified and today <= lot.expires_on <= horizon]
 
     def expiring(self, now: datetime) -> list[ExpiringGroup]:
         """The points still held, by expiry day, soonest first (lots already expired but not yet

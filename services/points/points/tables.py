@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Identity, Index, MetaData, Table, Text, func, text,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
 )
 
 from shared.db import shared_tables
@@ -18,7 +30,8 @@ policies = PolicyStore(policy_table(metadata))
 # A projection of MemberEnrolled plus the member's balance. The row is the member's write lock:
 # every change of a member's points locks it FOR UPDATE first, so one member's writes are serial.
 members = Table(
-    "members", metadata,
+    "members",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("enrolled_at", DateTime(timezone=True), nullable=False),
@@ -28,7 +41,8 @@ members = Table(
 
 # Every positive credit is a lot; debits lower ``remaining``. sum(remaining) == max(balance, 0).
 lots = Table(
-    "lots", metadata,
+    "lots",
+    metadata,
     Column("lot_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("points", BigInteger, nullable=False),
@@ -50,7 +64,8 @@ lots = Table(
 
 # The ledger: one row per change, ``seq`` orders a member's entries (and the ledger's cursor).
 entries = Table(
-    "entries", metadata,
+    "entries",
+    metadata,
     Column("seq", BigInteger, Identity(), primary_key=True),
     Column("entry_id", Text, nullable=False, unique=True),
     Column("member_id", Text, nullable=False),
@@ -70,7 +85,8 @@ entries = Table(
 
 # What each purchase earned and how much of it refunds have reversed (proportional reversal).
 purchase_points = Table(
-    "purchase_points", metadata,
+    "purchase_points",
+    metadata,
     Column("purchase_id", Text, primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("amount_fen", BigInteger, nullable=False),
@@ -81,7 +97,8 @@ purchase_points = Table(
 )
 
 refunds = Table(
-    "refunds", metadata,
+    "refunds",
+    metadata,
     Column("purchase_id", Text, primary_key=True),
     Column("refund_id", Text, primary_key=True),
     Column("amount_fen", BigInteger, nullable=False),
@@ -91,7 +108,8 @@ refunds = Table(
 
 # Behaviour points awarded per member per calendar month (chain time zone), for the monthly cap.
 behaviour_months = Table(
-    "behaviour_months", metadata,
+    "behaviour_months",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("month", Date, primary_key=True),
     Column("awarded", BigInteger, nullable=False),

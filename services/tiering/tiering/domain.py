@@ -138,8 +138,9 @@ def recalculated_tier(policy: Policy, qualified: str, floor: str | None = None) 
     return _at_least(policy, qualified, floor)
 
 
-def next_review_at(due: datetime | None, as_of: datetime, review_months: int,
-                   tz: ZoneInfo = DEFAULT_TIMEZONE) -> datetime:
+def next_review_at(
+    due: datetime | None, as_of: datetime, review_months: int, tz: ZoneInfo = DEFAULT_TIMEZONE
+) -> datetime:
     """After a review at ``as_of``: the due date plus ``review_months`` keeps the member's own
     review cycle; if the reviews fell that far behind, ``review_months`` after ``as_of``."""
     if due is not None:
@@ -190,9 +191,17 @@ class ReviewOutcome:
     override_ended: bool
 
 
-def review_member(policy: Policy, *, tier: str, review_at: datetime | None, override_tier: str | None,
-                  override_until: datetime | None, qualified: str, as_of: datetime,
-                  tz: ZoneInfo = DEFAULT_TIMEZONE) -> ReviewOutcome | None:
+def review_member(
+    policy: Policy,
+    *,
+    tier: str,
+    review_at: datetime | None,
+    override_tier: str | None,
+    override_until: datetime | None,
+    qualified: str,
+    as_of: datetime,
+    tz: ZoneInfo = DEFAULT_TIMEZONE,
+) -> ReviewOutcome | None:
     """One member's review as of ``as_of``; None when nothing is due.
 
     * A due review (``review_at <= as_of``) moves the member to ``review_tier`` (one step down at
@@ -207,8 +216,12 @@ def review_member(policy: Policy, *, tier: str, review_at: datetime | None, over
     override_over = override_tier is not None and not override_holds(override_tier, override_until, as_of)
     if due:
         floor = override_tier if override_holds(override_tier, override_until, as_of) else None
-        return ReviewOutcome(review_tier(policy, tier, qualified, floor),
-                             next_review_at(review_at, as_of, policy.review_months, tz), True, override_over)
+        return ReviewOutcome(
+            review_tier(policy, tier, qualified, floor),
+            next_review_at(review_at, as_of, policy.review_months, tz),
+            True,
+            override_over,
+        )
     if not override_over:
         return None
     to_tier = review_tier(policy, tier, qualified) if tier == override_tier else tier

@@ -33,9 +33,14 @@ def _policy(row: Any) -> Policy:
 
 
 async def _latest_row(uow: UnitOfWork, chain_id: str) -> Any:
-    return (await uow.execute(
-        select(policies.c.version, policies.c.document).where(policies.c.chain_id == chain_id)
-        .order_by(policies.c.version.desc()).limit(1))).first()
+    return (
+        await uow.execute(
+            select(policies.c.version, policies.c.document)
+            .where(policies.c.chain_id == chain_id)
+            .order_by(policies.c.version.desc())
+            .limit(1)
+        )
+    ).first()
 
 
 async def current_policy(uow: UnitOfWork, *, chain_id: str) -> Policy:
@@ -43,10 +48,15 @@ async def current_policy(uow: UnitOfWork, *, chain_id: str) -> Policy:
     row = await _latest_row(uow, chain_id)
     if row is None:
         # concurrent first reads insert the same version 1; the loser's insert does nothing
-        await uow.execute(pg_insert(policies).values(
-            chain_id=chain_id, version=1, document=DEFAULT_POLICY.model_copy(update={"version": 1})
-            .model_dump(mode="json"),
-        ).on_conflict_do_nothing())
+        await uow.execute(
+            pg_insert(policies)
+            .values(
+                chain_id=chain_id,
+                version=1,
+                document=DEFAULT_POLICY.model_copy(update={"version": 1}).model_dump(mode="json"),
+            )
+            .on_conflict_do_nothing()
+        )
         row = await _latest_row(uow, chain_id)
     return _policy(row)
 
@@ -92,29 +102,37 @@ async def store_policy(uow: UnitOfWork, *, chain_id: str, policy: Policy) -> Pol
     current = await current_policy(uow, chain_id=chain_id)
     orphaned = await _tiers_held(uow, chain_id) - {t.code for t in policy.tiers}
     if orphaned:
-        raise Conflict(f"Members still hold tiers the new policy drops: {sorted(orphaned)}.",
-                       tiers=sorted(orphaned))
+        raise Conflict(f"Members still hold tiers the new policy drops: {sorted(orphaned)}.", tiers=sorted(orphaned))
     stored = policy.model_copy(update={"version": current.version + 1})
     now = uow.now()
     document = stored.model_dump(mode="json")
     try:
         async with uow.session.begin_nested():
-            await uow.execute(policies.insert().values(
-                chain_id=chain_id, version=stored.version, document=document, created_at=now))
+            await uow.execute(
+                policies.insert().values(chain_id=chain_id, version=stored.version, document=document, created_at=now)
+            )
     except IntegrityError as exc:
         # two PUTs raced for the same version number: the other one won
         raise Conflict("The policy was changed concurrently; read it again and retry.") from exc
     # same transaction as the new version: consumers get it exactly when it exists
-    uow.publish(PolicyChanged(version=stored.version, policy=document, changed_at=now),
-                member_id=f"chain:{chain_id}", chain_id=chain_id)
+    uow.publish(
+        PolicyChanged(version=stored.version, policy=document, changed_at=now),
+        member_id=f"chain:{chain_id}",
+        chain_id=chain_id,
+    )
     return stored
 
 
 async def policy_version(uow: UnitOfWork, *, chain_id: str, version: int) -> Policy:
     """One stored version of the chain's policy (versions are immutable)."""
     await current_policy(uow, chain_id=chain_id)  # a chain that never read its policy has version 1 stored now
-    row = (await uow.execute(select(policies.c.version, policies.c.document).where(
-        policies.c.chain_id == chain_id, policies.c.version == version))).first()
+    row = (
+        await uow.execute(
+            select(policies.c.version, policies.c.document).where(
+                policies.c.chain_id == chain_id, policies.c.version == version
+            )
+        )
+    ).first()
     if row is None:
         raise NotFound(f"No policy version {version}.")
     return _policy(row)
@@ -125,8 +143,9 @@ async def policy_in_force(uow: UnitOfWork, *, chain_id: str, as_of: datetime) ->
     stored version, that first version (the chain ran it from the start)."""
     await current_policy(uow, chain_id=chain_id)
     versions = select(policies.c.version, policies.c.document).where(policies.c.chain_id == chain_id)
-    row = (await uow.execute(versions.where(policies.c.created_at <= as_of)
-                             .order_by(policies.c.version.desc()).limit(1))).first()
+    row = (
+        await uow.execute(versions.where(policies.c.created_at <= as_of).order_by(policies.c.version.desc()).limit(1))
+    ).first()
     if row is None:
         row = (await uow.execute(versions.order_by(policies.c.version).limit(1))).one()
     return _policy(row)

@@ -38,9 +38,16 @@ RECALC_BATCH = 1000
 
 def _view(row: Any) -> schemas.Recalculation:
     return schemas.Recalculation(
-        job_id=row.job_id, status=row.status, policy_version=row.policy_version, total=row.total,
-        processed=row.processed, moved=row.moved, started_at=row.started_at, finished_at=row.finished_at,
-        error=row.error)
+        job_id=row.job_id,
+        status=row.status,
+        policy_version=row.policy_version,
+        total=row.total,
+        processed=row.processed,
+        moved=row.moved,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=row.error,
+    )
 
 
 async def start_recalculation(uow: UnitOfWork, *, chain_id: str) -> schemas.RecalculationStarted:
@@ -52,29 +59,46 @@ async def start_recalculation(uow: UnitOfWork, *, chain_id: str) -> schemas.Reca
     policy = await POLICIES.get(uow, chain_id)
     now = uow.now()
     job_id = str(uuid.uuid4())
-    await uow.execute(update(recalc_jobs).where(
-        recalc_jobs.c.chain_id == chain_id, recalc_jobs.c.status == "running").values(
-        status="failed", finished_at=now, error=f"superseded by job {job_id} (policy version {policy.version})"))
+    await uow.execute(
+        update(recalc_jobs)
+        .where(recalc_jobs.c.chain_id == chain_id, recalc_jobs.c.status == "running")
+        .values(status="failed", finished_at=now, error=f"superseded by job {job_id} (policy version {policy.version})")
+    )
     total = await uow.session.scalar(select(func.count()).select_from(members).where(members.c.chain_id == chain_id))
-    await uow.execute(recalc_jobs.insert().values(
-        job_id=job_id, chain_id=chain_id, policy_version=policy.version, status="running", total=total or 0,
-        started_at=now))
-    return schemas.RecalculationStarted(job_id=job_id, status="running", policy_version=policy.version,
-                                        total=total or 0)
+    await uow.execute(
+        recalc_jobs.insert().values(
+            job_id=job_id,
+            chain_id=chain_id,
+            policy_version=policy.version,
+            status="running",
+            total=total or 0,
+            started_at=now,
+        )
+    )
+    return schemas.RecalculationStarted(
+        job_id=job_id, status="running", policy_version=policy.version, total=total or 0
+    )
 
 
 async def recalculation(uow: UnitOfWork, *, chain_id: str, job_id: str) -> schemas.Recalculation:
-    row = (await uow.execute(select(recalc_jobs).where(
-        recalc_jobs.c.job_id == job_id, recalc_jobs.c.chain_id == chain_id))).first()
+    row = (
+        await uow.execute(select(recalc_jobs).where(recalc_jobs.c.job_id == job_id, recalc_jobs.c.chain_id == chain_id))
+    ).first()
     if row is None:
         raise NotFound("No such recalculation.")
     return _view(row)
 
 
 async def _claim_job(uow: UnitOfWork) -> Any:
-    return (await uow.execute(select(recalc_jobs).where(recalc_jobs.c.status == "running")
-                              .order_by(recalc_jobs.c.started_at).limit(1)
-                              .with_for_update(skip_locked=True))).first()
+    return (
+        await uow.execute(
+            select(recalc_jobs)
+            .where(recalc_jobs.c.status == "running")
+            .order_by(recalc_jobs.c.started_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+    ).first()
 
 
 async def recalculate_batch(uow: UnitOfWork, job: Any, *, limit: int = RECALC_BATCH) -> bool:
@@ -88,8 +112,9 @@ async def recalculate_batch(uow: UnitOfWork, job: Any, *, limit: int = RECALC_BA
     # member's row finishes first, and a deadlock with one is retried as a transient error
     rows = list((await uow.execute(stmt.order_by(members.c.member_id).limit(limit).with_for_update())).all())
     if not rows:
-        await uow.execute(update(recalc_jobs).where(recalc_jobs.c.job_id == job.job_id).values(
-            status="done", finished_at=now))
+        await uow.execute(
+            update(recalc_jobs).where(recalc_jobs.c.job_id == job.job_id).values(status="done", finished_at=now)
+        )
         return False
     ids = [r.member_id for r in rows]
     totals = await trailing_totals(uow, member_ids=ids, window_days=policy.qualification_window_days, as_of=now)
@@ -100,19 +125,26 @@ async def recalculate_batch(uow: UnitOfWork, job: Any, *, limit: int = RECALC_BA
         floor = r.override_tier if domain.override_holds(r.override_tier, r.override_until, now) else None
         to_tier = domain.recalculated_tier(policy, domain.qualified_tier(policy, spend, points), floor)
         if to_tier != r.tier:
-            moves.append(TierMove(r.member_id, r.tier, to_tier, "recalculation",
-                                  domain.review_at(now, policy.review_months, tz)))
+            moves.append(
+                TierMove(r.member_id, r.tier, to_tier, "recalculation", domain.review_at(now, policy.review_months, tz))
+            )
     await record_moves(uow, moves, policy=policy, chain_id=job.chain_id, effective_at=now, totals=totals)
     await uow.execute(update(members).where(members.c.member_id.in_(ids)).values(policy_version=policy.version))
-    await uow.execute(update(recalc_jobs).where(recalc_jobs.c.job_id == job.job_id).values(
-        cursor=ids[-1], processed=recalc_jobs.c.processed + len(ids), moved=recalc_jobs.c.moved + len(moves)))
+    await uow.execute(
+        update(recalc_jobs)
+        .where(recalc_jobs.c.job_id == job.job_id)
+        .values(cursor=ids[-1], processed=recalc_jobs.c.processed + len(ids), moved=recalc_jobs.c.moved + len(moves))
+    )
     return True
 
 
 async def _fail(ctx: ServiceContext, job_id: str, error: BaseException) -> None:
     async with ctx.db.unit_of_work() as uow:
-        await uow.execute(update(recalc_jobs).where(recalc_jobs.c.job_id == job_id).values(
-            status="failed", finished_at=uow.now(), error=repr(error)[:2000]))
+        await uow.execute(
+            update(recalc_jobs)
+            .where(recalc_jobs.c.job_id == job_id)
+            .values(status="failed", finished_at=uow.now(), error=repr(error)[:2000])
+        )
 
 
 async def process_recalculations(ctx: ServiceContext) -> int:

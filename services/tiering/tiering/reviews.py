@@ -53,44 +53,68 @@ class ReviewTally:
 async def _claim_due(uow: UnitOfWork, *, as_of: datetime, chain_id: str | None, limit: int) -> list[Any]:
     # SKIP LOCKED: a member another replica (or a handler) is working on is left for later,
     # never reviewed twice for one due date
-    stmt = (select(members).where(or_(members.c.review_at <= as_of, members.c.override_until <= as_of))
-            .limit(limit).with_for_update(skip_locked=True))
+    stmt = (
+        select(members)
+        .where(or_(members.c.review_at <= as_of, members.c.override_until <= as_of))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     if chain_id is not None:
         stmt = stmt.where(members.c.chain_id == chain_id)
     return list((await uow.execute(stmt)).all())
 
 
-async def _review_chain(uow: UnitOfWork, rows: list[Any], *, chain_id: str, policy: Policy,
-                        as_of: datetime) -> ReviewTally:
+async def _review_chain(
+    uow: UnitOfWork, rows: list[Any], *, chain_id: str, policy: Policy, as_of: datetime
+) -> ReviewTally:
     tz = await chain_timezone(uow, chain_id)
-    totals = await trailing_totals(uow, member_ids=[r.member_id for r in rows],
-                                   window_days=policy.qualification_window_days, as_of=as_of)
+    totals = await trailing_totals(
+        uow, member_ids=[r.member_id for r in rows], window_days=policy.qualification_window_days, as_of=as_of
+    )
     tally = ReviewTally()
     moves: list[TierMove] = []
     ended: list[str] = []
     for r in rows:
         spend, points = totals.get(r.member_id, (0, 0))
         outcome = domain.review_member(
-            policy, tier=r.tier, review_at=r.review_at, override_tier=r.override_tier,
-            override_until=r.override_until, qualified=domain.qualified_tier(policy, spend, points),
-            as_of=as_of, tz=tz)
+            policy,
+            tier=r.tier,
+            review_at=r.review_at,
+            override_tier=r.override_tier,
+            override_until=r.override_until,
+            qualified=domain.qualified_tier(policy, spend, points),
+            as_of=as_of,
+            tz=tz,
+        )
         if outcome is None:
             continue
         tally.count(domain.direction(policy, r.tier, outcome.to_tier))
         if outcome.override_ended:
             ended.append(r.member_id)
         if outcome.recorded:
-            moves.append(TierMove(r.member_id, r.tier, outcome.to_tier, "review", outcome.review_at,
-                                  note="override ended" if outcome.override_ended else None))
+            moves.append(
+                TierMove(
+                    r.member_id,
+                    r.tier,
+                    outcome.to_tier,
+                    "review",
+                    outcome.review_at,
+                    note="override ended" if outcome.override_ended else None,
+                )
+            )
     await record_moves(uow, moves, policy=policy, chain_id=chain_id, effective_at=as_of, totals=totals)
     if ended:
-        await uow.execute(update(members).where(members.c.member_id.in_(ended)).values(
-            override_tier=None, override_reason=None, override_until=None))
+        await uow.execute(
+            update(members)
+            .where(members.c.member_id.in_(ended))
+            .values(override_tier=None, override_reason=None, override_until=None)
+        )
     return tally
 
 
-async def review_batch(uow: UnitOfWork, *, as_of: datetime, chain_id: str | None = None,
-                       limit: int = REVIEW_BATCH) -> tuple[int, ReviewTally]:
+async def review_batch(
+    uow: UnitOfWork, *, as_of: datetime, chain_id: str | None = None, limit: int = REVIEW_BATCH
+) -> tuple[int, ReviewTally]:
     """Review one batch of due members (of one chain, or of all); returns (claimed, tally)."""
     rows = await _claim_due(uow, as_of=as_of, chain_id=chain_id, limit=limit)
     by_chain: dict[str, list[Any]] = defaultdict(list)
@@ -103,8 +127,9 @@ async def review_batch(uow: UnitOfWork, *, as_of: datetime, chain_id: str | None
     return len(rows), tally
 
 
-async def run_due_reviews(db: Database, *, as_of: datetime | None = None, chain_id: str | None = None,
-                          correlation_id: str | None = None) -> tuple[datetime, ReviewTally]:
+async def run_due_reviews(
+    db: Database, *, as_of: datetime | None = None, chain_id: str | None = None, correlation_id: str | None = None
+) -> tuple[datetime, ReviewTally]:
     """Review every due member, one batch per transaction, until none is left; ``as_of`` None
     means "now" (the schedule). Returns the instant used and what happened."""
     tally = ReviewTally()

@@ -60,16 +60,24 @@ GROUP BY 1, 2, 3
 """)
 
 
-async def _groups(uow: UnitOfWork, *, chain_id: str, current: Policy, proposal: Policy,
-                  as_of: datetime) -> list[Any]:
-    return list((await uow.execute(_SIMULATE, {
-        "chain_id": chain_id, "as_of": as_of, "window_end": as_of + MAX_CLOCK_SKEW,
-        "current_start": as_of - timedelta(days=current.qualification_window_days),
-        "proposed_start": as_of - timedelta(days=proposal.qualification_window_days),
-        "ranks": list(range(len(proposal.tiers))),
-        "spends": [t.spend_fen for t in proposal.tiers],
-        "points": [t.points for t in proposal.tiers],
-    })).all())
+async def _groups(uow: UnitOfWork, *, chain_id: str, current: Policy, proposal: Policy, as_of: datetime) -> list[Any]:
+    return list(
+        (
+            await uow.execute(
+                _SIMULATE,
+                {
+                    "chain_id": chain_id,
+                    "as_of": as_of,
+                    "window_end": as_of + MAX_CLOCK_SKEW,
+                    "current_start": as_of - timedelta(days=current.qualification_window_days),
+                    "proposed_start": as_of - timedelta(days=proposal.qualification_window_days),
+                    "ranks": list(range(len(proposal.tiers))),
+                    "spends": [t.spend_fen for t in proposal.tiers],
+                    "points": [t.points for t in proposal.tiers],
+                },
+            )
+        ).all()
+    )
 
 
 async def simulate(uow: UnitOfWork, *, chain_id: str, proposal: Policy) -> schemas.Simulation:
@@ -93,7 +101,10 @@ async def simulate(uow: UnitOfWork, *, chain_id: str, proposal: Policy) -> schem
         cost_current += domain.yearly_benefit_cost_fen(current, g.tier, n, int(g.spend_current))
         cost_proposed += domain.yearly_benefit_cost_fen(proposal, to_tier, n, int(g.spend_proposed))
     return schemas.Simulation(
-        current=dict(held), proposed=dict(proposed),
+        current=dict(held),
+        proposed=dict(proposed),
         moves=schemas.Moves(up=moves["up"], down=moves["down"], unchanged=moves["none"]),
         yearly_benefit_cost_fen=schemas.BenefitCost(current=cost_current, proposed=cost_proposed),
-        members=sum(held.values()), as_of=as_of)
+        members=sum(held.values()),
+        as_of=as_of,
+    )

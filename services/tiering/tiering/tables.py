@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, DateTime, Identity, Index, Integer, MetaData, Table, Text, func, text,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -15,7 +26,8 @@ shared = shared_tables(metadata)
 
 # The programme as versioned data: a PUT adds a version, nothing is ever changed in place.
 policies = Table(
-    "policies", metadata,
+    "policies",
+    metadata,
     Column("chain_id", Text, primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("document", JSONB, nullable=False),
@@ -24,7 +36,8 @@ policies = Table(
 
 # Each member's current tier; the row is the lock that serialises a member's tier changes.
 members = Table(
-    "members", metadata,
+    "members",
+    metadata,
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("tier", Text, nullable=False),
@@ -46,7 +59,8 @@ members = Table(
 # What counts towards qualification, one row per consumed event, at the time it happened:
 # trailing-window sums are one indexed range query, correct for late events too.
 qualifying_facts = Table(
-    "qualifying_facts", metadata,
+    "qualifying_facts",
+    metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
@@ -57,7 +71,8 @@ qualifying_facts = Table(
 )
 
 tier_history = Table(
-    "tier_history", metadata,
+    "tier_history",
+    metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("member_id", Text, nullable=False),
     Column("from_tier", Text),
@@ -76,7 +91,8 @@ tier_history = Table(
 # keyset batches (member_id > cursor); each batch commits together with its progress, so a job
 # survives a worker restart and two replicas never process the same batch (FOR UPDATE SKIP LOCKED).
 recalc_jobs = Table(
-    "recalc_jobs", metadata,
+    "recalc_jobs",
+    metadata,
     Column("job_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("policy_version", Integer, nullable=False),

@@ -44,18 +44,36 @@ def enrolled(api: Api) -> str:
 
 
 def tier_changed(member_id: str, from_tier: str, to_tier: str, at: datetime) -> Any:
-    direction = "up" if ["member", "silver", "gold", "diamond"].index(to_tier) > \
-        ["member", "silver", "gold", "diamond"].index(from_tier) else "down"
-    return new_event(TierChanged(from_tier=from_tier, to_tier=to_tier, direction=direction,
-                                 reason="qualified" if direction == "up" else "review", policy_version=1,
-                                 effective_at=at, review_at=at + timedelta(days=365)),
-                     member_id=member_id, chain_id=CHAIN)
+    direction = (
+        "up"
+        if ["member", "silver", "gold", "diamond"].index(to_tier)
+        > ["member", "silver", "gold", "diamond"].index(from_tier)
+        else "down"
+    )
+    return new_event(
+        TierChanged(
+            from_tier=from_tier,
+            to_tier=to_tier,
+            direction=direction,
+            reason="qualified" if direction == "up" else "review",
+            policy_version=1,
+            effective_at=at,
+            review_at=at + timedelta(days=365),
+        ),
+        member_id=member_id,
+        chain_id=CHAIN,
+    )
 
 
 def redeem(api: Api, member_id: str, benefit_id: str, key: str | None = None, clinic_id: str = "clinic-1") -> Any:
     headers = {"Idempotency-Key": key} if key else None
-    return api.post("benefits", f"/v1/members/{member_id}/benefits/{benefit_id}/redemptions",
-                    {"clinic_id": clinic_id}, key=APP, headers=headers)
+    return api.post(
+        "benefits",
+        f"/v1/members/{member_id}/benefits/{benefit_id}/redemptions",
+        {"clinic_id": clinic_id},
+        key=APP,
+        headers=headers,
+    )
 
 
 def discount(api: Api, member_id: str) -> dict[str, Any]:
@@ -113,8 +131,9 @@ def test_the_same_tier_change_delivered_twice_grants_once(api: Api, stack: Stack
     publish_events(stack.broker.bootstrap, [upgrade, upgrade])
     # the same facts again under a new event id (a replay upstream) grant nothing either
     replay = new_event(upgrade.data, member_id=member_id, chain_id=CHAIN)
-    publish_events(stack.broker.bootstrap, [upgrade, replay, tier_changed(member_id, "silver", "gold",
-                                                                            t + timedelta(seconds=1))])
+    publish_events(
+        stack.broker.bootstrap, [upgrade, replay, tier_changed(member_id, "silver", "gold", t + timedelta(seconds=1))]
+    )
     eventually(lambda: "dedicated_doctor" in active(api, member_id))  # same partition: everything before is applied
     assert [b["code"] for b in benefits(api, member_id)].count("annual_skin_check") == 1
 
@@ -134,14 +153,28 @@ def test_an_unlimited_benefit_is_redeemed_repeatedly_and_an_idempotency_key_repl
 
 
 def test_referrals_reward_the_referrer_with_a_voucher_and_the_third_with_the_milestone_one(
-        api: Api, stack: Stack) -> None:
+    api: Api, stack: Stack
+) -> None:
     referrer = enrolled(api)
     referees = [enrolled(api) for _ in range(3)]
     now = datetime.now(UTC)
-    publish_events(stack.broker.bootstrap, [
-        new_event(ReferralCompleted(referrer_id=referrer, referee_id=referee, purchase_id=str(uuid.uuid4()),
-                                    completed_at=now, referral_count=n), member_id=referrer, chain_id=CHAIN)
-        for n, referee in enumerate(referees, start=1)])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            new_event(
+                ReferralCompleted(
+                    referrer_id=referrer,
+                    referee_id=referee,
+                    purchase_id=str(uuid.uuid4()),
+                    completed_at=now,
+                    referral_count=n,
+                ),
+                member_id=referrer,
+                chain_id=CHAIN,
+            )
+            for n, referee in enumerate(referees, start=1)
+        ],
+    )
 
     def vouchers() -> list[dict[str, Any]]:
         found = [b for b in benefits(api, referrer) if b["code"] == "referral_voucher"]
@@ -155,10 +188,19 @@ def test_referrals_reward_the_referrer_with_a_voucher_and_the_third_with_the_mil
     assert welcome["remaining_uses"] == 1
 
     # vouchers are not tier-bound: an upgrade and a downgrade leave them alone
-    publish_events(stack.broker.bootstrap, [tier_changed(referrer, "member", "gold", now),
-                                            tier_changed(referrer, "gold", "member", now + timedelta(seconds=1))])
-    eventually(lambda: discount(api, referrer)["tier"] == "member" and
-               "dedicated_doctor" in {b["code"] for b in benefits(api, referrer, status="revoked")})
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            tier_changed(referrer, "member", "gold", now),
+            tier_changed(referrer, "gold", "member", now + timedelta(seconds=1)),
+        ],
+    )
+    eventually(
+        lambda: (
+            discount(api, referrer)["tier"] == "member"
+            and "dedicated_doctor" in {b["code"] for b in benefits(api, referrer, status="revoked")}
+        )
+    )
     assert len([b for b in benefits(api, referrer, status="active") if b["code"] == "referral_voucher"]) == 3
 
 
@@ -190,8 +232,12 @@ def test_another_chains_key_sees_no_member(api: Api, stack: Stack) -> None:
     other = asyncio.run(other_chain_key())
     is_problem(api.get("benefits", f"/v1/members/{member_id}/benefits", key=other), 404)
     is_problem(api.get("benefits", f"/v1/members/{member_id}/discount", key=other), 404)
-    is_problem(api.post("benefits", f"/v1/members/{member_id}/benefits/{booking_id}/redemptions",
-                        {"clinic_id": "c"}, key=other), 404)
+    is_problem(
+        api.post(
+            "benefits", f"/v1/members/{member_id}/benefits/{booking_id}/redemptions", {"clinic_id": "c"}, key=other
+        ),
+        404,
+    )
 
 
 def test_bad_requests_are_problems_and_change_nothing(api: Api) -> None:
@@ -211,9 +257,22 @@ def test_a_benefit_past_its_validity_is_expired_cannot_be_redeemed_and_is_swept(
 
     referrer, referee = enrolled(api), enrolled(api)
     long_ago = datetime.now(UTC) - timedelta(days=366)
-    publish_events(stack.broker.bootstrap, [new_event(ReferralCompleted(
-        referrer_id=referrer, referee_id=referee, purchase_id=str(uuid.uuid4()), completed_at=long_ago,
-        referral_count=1), member_id=referrer, chain_id=CHAIN)])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            new_event(
+                ReferralCompleted(
+                    referrer_id=referrer,
+                    referee_id=referee,
+                    purchase_id=str(uuid.uuid4()),
+                    completed_at=long_ago,
+                    referral_count=1,
+                ),
+                member_id=referrer,
+                chain_id=CHAIN,
+            )
+        ],
+    )
     welcome = eventually(lambda: next((b for b in benefits(api, referee) if b["code"] == "welcome_skin_check"), None))
     assert welcome["status"] == "expired"
     assert "welcome_skin_check" not in active(api, referee)
@@ -223,8 +282,12 @@ def test_a_benefit_past_its_validity_is_expired_cannot_be_redeemed_and_is_swept(
         engine = create_async_engine(stack.settings().database_url)
         try:
             async with engine.connect() as conn:
-                return str(await conn.scalar(text("SELECT status FROM benefits.entitlements WHERE benefit_id = :b"),
-                                             {"b": welcome["benefit_id"]}))
+                return str(
+                    await conn.scalar(
+                        text("SELECT status FROM benefits.entitlements WHERE benefit_id = :b"),
+                        {"b": welcome["benefit_id"]},
+                    )
+                )
         finally:
             await engine.dispose()
 

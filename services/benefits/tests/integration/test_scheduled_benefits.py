@@ -53,14 +53,22 @@ def enrolled(api: Api, birthday: str = "1990-06-15") -> str:
     return member_id
 
 
-def tier_changed(member_id: str, from_tier: str, to_tier: str, at: datetime, *,
-                 reason: str | None = None) -> Any:
+def tier_changed(member_id: str, from_tier: str, to_tier: str, at: datetime, *, reason: str | None = None) -> Any:
     step = RANK.index(to_tier) - RANK.index(from_tier)
     direction = "up" if step > 0 else "down" if step < 0 else "none"
-    return new_event(TierChanged(from_tier=from_tier, to_tier=to_tier, direction=direction,
-                                 reason=reason or ("qualified" if direction == "up" else "review"), policy_version=1,
-                                 effective_at=at, review_at=at + timedelta(days=365)),
-                     member_id=member_id, chain_id=CHAIN)
+    return new_event(
+        TierChanged(
+            from_tier=from_tier,
+            to_tier=to_tier,
+            direction=direction,
+            reason=reason or ("qualified" if direction == "up" else "review"),
+            policy_version=1,
+            effective_at=at,
+            review_at=at + timedelta(days=365),
+        ),
+        member_id=member_id,
+        chain_id=CHAIN,
+    )
 
 
 def promoted(api: Api, stack: Stack, member_id: str, tier: str, at: datetime | None = None) -> None:
@@ -96,10 +104,15 @@ def sql_scalar(stack: Stack, query: str, **params: Any) -> Any:
 
 def purchase_applied(stack: Stack, purchase_id: str) -> bool:
     """Whether benefits' consumer has applied enrollment's PurchaseRecorded of this purchase."""
-    return bool(sql_scalar(stack, """
+    return bool(
+        sql_scalar(
+            stack,
+            """
         SELECT count(*) FROM benefits.inbox i JOIN enrollment.outbox o ON o.event_id = i.event_id
         WHERE o.event_type = 'PurchaseRecorded' AND (o.payload::jsonb) -> 'data' ->> 'purchase_id' = :p""",
-                           p=purchase_id))
+            p=purchase_id,
+        )
+    )
 
 
 # ---- birthday vouchers --------------------------------------------------------------------------
@@ -119,8 +132,13 @@ def test_the_ops_run_grants_one_birthday_voucher_however_often_and_concurrently_
     assert run_birthdays(api, as_of + timedelta(days=5))["granted"] == 0  # later in the month: still one a year
 
     [voucher] = items(api, born_now, "birthday_voucher")
-    assert (voucher["period"], voucher["value_fen"], voucher["remaining_uses"], voucher["kind"], voucher["tier"]) \
-        == ("2030", DEFAULT_POLICY.birthday_voucher_fen, 1, "voucher", None)
+    assert (voucher["period"], voucher["value_fen"], voucher["remaining_uses"], voucher["kind"], voucher["tier"]) == (
+        "2030",
+        DEFAULT_POLICY.birthday_voucher_fen,
+        1,
+        "voucher",
+        None,
+    )
     assert datetime.fromisoformat(voucher["valid_from"]) == as_of
     assert datetime.fromisoformat(voucher["valid_until"]) == as_of + timedelta(days=31)
     assert items(api, born_later, "birthday_voucher") == []
@@ -138,7 +156,8 @@ def test_the_schedule_run_needs_an_ops_key_and_a_valid_instant(api: Api) -> None
 
 
 def test_a_gold_members_5000_yuan_purchase_earns_a_care_pack_and_a_4999_yuan_one_does_not(
-        api: Api, stack: Stack) -> None:
+    api: Api, stack: Stack
+) -> None:
     member_id = enrolled(api)
     promoted(api, stack, member_id, "gold")
     small = api.purchase(member_id, 499_900)["purchase_id"]
@@ -147,8 +166,9 @@ def test_a_gold_members_5000_yuan_purchase_earns_a_care_pack_and_a_4999_yuan_one
     # one partition per member: the smaller purchase was applied before the larger one
     assert purchase_applied(stack, small)
     assert (pack["period"], pack["remaining_uses"], pack["tier"], pack["status"]) == (large, 1, "gold", "active")
-    assert datetime.fromisoformat(pack["valid_until"]) - datetime.fromisoformat(pack["valid_from"]) \
-        == timedelta(days=90)
+    assert datetime.fromisoformat(pack["valid_until"]) - datetime.fromisoformat(pack["valid_from"]) == timedelta(
+        days=90
+    )
     assert len(items(api, member_id, "care_pack")) == 1
 
 
@@ -161,7 +181,8 @@ def test_a_silver_members_5000_yuan_purchase_earns_no_care_pack(api: Api, stack:
 
 
 def test_a_care_pack_depends_on_the_tier_held_when_the_purchase_was_made_not_on_which_event_came_first(
-        api: Api, stack: Stack) -> None:
+    api: Api, stack: Stack
+) -> None:
     # the upgrade arrives after a purchase made under it: the purchase is judged again and earns a pack
     late = enrolled(api)
     upgraded_at = datetime.now(UTC)
@@ -189,8 +210,7 @@ def test_a_care_pack_depends_on_the_tier_held_when_the_purchase_was_made_not_on_
 # ---- tier-years ---------------------------------------------------------------------------------
 
 
-def test_a_review_that_keeps_silver_grants_the_next_tier_years_skin_check_exactly_once(
-        api: Api, stack: Stack) -> None:
+def test_a_review_that_keeps_silver_grants_the_next_tier_years_skin_check_exactly_once(api: Api, stack: Stack) -> None:
     member_id = enrolled(api)
     now = datetime.now(UTC)  # the member was just enrolled: an earlier tier change would be stale
     promoted(api, stack, member_id, "silver", now)
@@ -199,8 +219,10 @@ def test_a_review_that_keeps_silver_grants_the_next_tier_years_skin_check_exactl
     review = tier_changed(member_id, "silver", "silver", review_at, reason="review")
     replay = new_event(review.data, member_id=member_id, chain_id=CHAIN)  # the same facts, a new event id
     # the gold upgrade after them, on the same partition, shows when everything before it was applied
-    publish_events(stack.broker.bootstrap, [review, review, replay,
-                                            tier_changed(member_id, "silver", "gold", review_at + timedelta(hours=1))])
+    publish_events(
+        stack.broker.bootstrap,
+        [review, review, replay, tier_changed(member_id, "silver", "gold", review_at + timedelta(hours=1))],
+    )
     eventually(lambda: "dedicated_doctor" in active_codes(api, member_id))
 
     checks = {b["benefit_id"]: b for b in items(api, member_id, "annual_skin_check")}
@@ -216,12 +238,22 @@ def test_a_review_that_keeps_silver_grants_the_next_tier_years_skin_check_exactl
 
 
 def policy_event(version: int, *, silver_percent: int, birthday_voucher_fen: int) -> Any:
-    silver = [BenefitRule(code="discount_percent", kind="discount", percent=silver_percent) if r.kind == "discount"
-              else r for r in DEFAULT_POLICY.benefits["silver"]]
-    policy = DEFAULT_POLICY.model_copy(update={"version": version, "birthday_voucher_fen": birthday_voucher_fen,
-                                               "benefits": {**DEFAULT_POLICY.benefits, "silver": silver}})
-    return new_event(PolicyChanged(version=version, policy=policy.model_dump(mode="json"),
-                                   changed_at=datetime.now(UTC)), member_id=f"chain:{CHAIN}", chain_id=CHAIN)
+    silver = [
+        BenefitRule(code="discount_percent", kind="discount", percent=silver_percent) if r.kind == "discount" else r
+        for r in DEFAULT_POLICY.benefits["silver"]
+    ]
+    policy = DEFAULT_POLICY.model_copy(
+        update={
+            "version": version,
+            "birthday_voucher_fen": birthday_voucher_fen,
+            "benefits": {**DEFAULT_POLICY.benefits, "silver": silver},
+        }
+    )
+    return new_event(
+        PolicyChanged(version=version, policy=policy.model_dump(mode="json"), changed_at=datetime.now(UTC)),
+        member_id=f"chain:{CHAIN}",
+        chain_id=CHAIN,
+    )
 
 
 def test_a_policy_change_sets_the_silver_discount_and_the_birthday_vouchers_value(api: Api, stack: Stack) -> None:
@@ -241,6 +273,8 @@ def test_a_policy_change_sets_the_silver_discount_and_the_birthday_vouchers_valu
         end = datetime(2031 + month // 12, month % 12 + 1, 1, tzinfo=SHANGHAI)
         assert datetime.fromisoformat(voucher["valid_until"]) == end
     finally:
-        publish_events(stack.broker.bootstrap, [policy_event(version + 1, silver_percent=95,
-                                                             birthday_voucher_fen=DEFAULT_POLICY.birthday_voucher_fen)])
+        publish_events(
+            stack.broker.bootstrap,
+            [policy_event(version + 1, silver_percent=95, birthday_voucher_fen=DEFAULT_POLICY.birthday_voucher_fen)],
+        )
         eventually(lambda: discount(api, member_id)["discount_percent"] == 95)

@@ -18,9 +18,18 @@ TIERS = [t.code for t in DEFAULT_POLICY.tiers]
 
 
 def held(grant: Grant, status: domain.Status = "active") -> Entitlement:
-    return Entitlement(benefit_id=str(uuid.uuid4()), code=grant.code, kind=grant.kind, tier=grant.tier,
-                       status=status, valid_from=grant.valid_from, valid_until=grant.valid_until,
-                       remaining_uses=grant.remaining_uses, value_fen=grant.value_fen, percent=grant.percent)
+    return Entitlement(
+        benefit_id=str(uuid.uuid4()),
+        code=grant.code,
+        kind=grant.kind,
+        tier=grant.tier,
+        status=status,
+        valid_from=grant.valid_from,
+        valid_until=grant.valid_until,
+        remaining_uses=grant.remaining_uses,
+        value_fen=grant.value_fen,
+        percent=grant.percent,
+    )
 
 
 def apply(entitlements: list[Entitlement], changes: domain.BenefitChanges) -> list[Entitlement]:
@@ -39,9 +48,19 @@ def codes(items: list[Entitlement] | list[Grant]) -> set[str]:
 
 
 def voucher(code: str = "referral_voucher") -> Entitlement:
-    return held(domain.referrer_reward(DEFAULT_POLICY, 1, T0) if code == "referral_voucher" else
-                Grant(code=code, kind="voucher", tier="gold", valid_from=T0, valid_until=T0 + timedelta(days=31),
-                      remaining_uses=1, value_fen=100_000))
+    return held(
+        domain.referrer_reward(DEFAULT_POLICY, 1, T0)
+        if code == "referral_voucher"
+        else Grant(
+            code=code,
+            kind="voucher",
+            tier="gold",
+            valid_from=T0,
+            valid_until=T0 + timedelta(days=31),
+            remaining_uses=1,
+            value_fen=100_000,
+        )
+    )
 
 
 def test_a_new_member_gets_the_lowest_tiers_tier_benefits_only() -> None:
@@ -71,9 +90,17 @@ def test_a_changed_discount_replaces_the_old_one() -> None:
 
 
 def test_gold_to_silver_revokes_the_doctor_and_the_care_pack_and_keeps_vouchers() -> None:
-    care_pack = held(Grant(code="care_pack", kind="entitlement", tier="gold", valid_from=T0,
-                           valid_until=T0 + timedelta(days=90), remaining_uses=1))
-    before = holding("gold") + [care_pack, voucher(), voucher("birthday_voucher")]
+    care_pack = held(
+        Grant(
+            code="care_pack",
+            kind="entitlement",
+            tier="gold",
+            valid_from=T0,
+            valid_until=T0 + timedelta(days=90),
+            remaining_uses=1,
+        )
+    )
+    before = [*holding("gold"), care_pack, voucher(), voucher("birthday_voucher")]
     changes = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", before, T0 + timedelta(days=30))
     assert codes(changes.revoke) == {"dedicated_doctor", "care_pack", "discount_percent"}
     assert codes(changes.grant) == {"discount_percent"}  # the skin check and priority booking are kept
@@ -87,8 +114,9 @@ def test_diamond_to_gold_revokes_the_private_plan_and_24h_response() -> None:
 
 
 def test_a_skin_check_used_this_tier_year_is_not_granted_again_by_an_upgrade() -> None:
-    silver = [replace(e, status="used", remaining_uses=0) if e.code == "annual_skin_check" else e
-              for e in holding("silver")]
+    silver = [
+        replace(e, status="used", remaining_uses=0) if e.code == "annual_skin_check" else e for e in holding("silver")
+    ]
     changes = domain.tier_benefit_changes(DEFAULT_POLICY, "gold", silver, T0 + timedelta(days=100))
     assert "annual_skin_check" not in codes(changes.grant)
     a_year_later = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", silver, T0 + timedelta(days=366))
@@ -113,7 +141,7 @@ def test_the_third_referral_earns_the_milestone_voucher() -> None:
 def test_the_referee_gets_a_welcome_skin_check_that_no_downgrade_revokes() -> None:
     welcome = held(domain.referee_reward(DEFAULT_POLICY, T0))
     assert (welcome.code, welcome.remaining_uses, welcome.tier) == ("welcome_skin_check", 1, None)
-    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "member", holding("diamond") + [welcome], T0)
+    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "member", [*holding("diamond"), welcome], T0)
     assert welcome not in changes.revoke
 
 
@@ -138,18 +166,19 @@ def test_an_unlimited_benefit_can_be_redeemed_again_and_again() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(TIERS), min_size=1, max_size=8), st.lists(st.integers(0, 400), min_size=8,
-                                                                          max_size=8))
+@given(st.lists(st.sampled_from(TIERS), min_size=1, max_size=8), st.lists(st.integers(0, 400), min_size=8, max_size=8))
 def test_after_any_tier_changes_the_active_tier_benefits_are_exactly_the_tiers_once_each(
-        path: list[str], gaps: list[int]) -> None:
+    path: list[str], gaps: list[int]
+) -> None:
     entitlements: list[Entitlement] = [voucher()]
     at = T0
-    for tier, gap in zip(path, gaps):
+    for tier, gap in zip(path, gaps, strict=False):
         at += timedelta(days=gap)
         entitlements = apply(entitlements, domain.tier_benefit_changes(DEFAULT_POLICY, tier, entitlements, at))
         active_tier_bound = [e for e in entitlements if e.tier is not None and e.status == "active"]
         assert sorted(e.code for e in active_tier_bound) == sorted(
-            r.code for r in domain.tier_grant_rules(DEFAULT_POLICY, tier))
+            r.code for r in domain.tier_grant_rules(DEFAULT_POLICY, tier)
+        )
         assert all(domain.effective_status(e, at) == "active" for e in active_tier_bound)
         assert all(e.status != "revoked" for e in entitlements if e.code == "referral_voucher")
     # applying the same change twice grants nothing more

@@ -18,10 +18,19 @@ TIERS = [t.code for t in DEFAULT_POLICY.tiers]
 
 
 def held(grant: Grant, status: domain.Status = "active") -> Entitlement:
-    return Entitlement(benefit_id=str(uuid.uuid4()), code=grant.code, kind=grant.kind, tier=grant.tier,
-                       status=status, valid_from=grant.valid_from, valid_until=grant.valid_until,
-                       remaining_uses=grant.remaining_uses, value_fen=grant.value_fen, percent=grant.percent,
-                       period=grant.period)
+    return Entitlement(
+        benefit_id=str(uuid.uuid4()),
+        code=grant.code,
+        kind=grant.kind,
+        tier=grant.tier,
+        status=status,
+        valid_from=grant.valid_from,
+        valid_until=grant.valid_until,
+        remaining_uses=grant.remaining_uses,
+        value_fen=grant.value_fen,
+        percent=grant.percent,
+        period=grant.period,
+    )
 
 
 def birthday(born: date, as_of: datetime, tier: str = "member") -> Grant | None:
@@ -57,11 +66,17 @@ def test_a_29_february_birthday_gets_its_voucher_in_february_of_a_non_leap_year(
 
 def test_the_voucher_is_worth_the_policys_birthday_amount_and_is_a_voucher_no_downgrade_revokes() -> None:
     policy = DEFAULT_POLICY.model_copy(update={"birthday_voucher_fen": 88_800})
-    voucher = domain.birthday_grant(policy, tier="gold", birthday=date(1990, 6, 15),
-                                    as_of=datetime(2027, 6, 1, tzinfo=UTC), tz=SHANGHAI)
+    voucher = domain.birthday_grant(
+        policy, tier="gold", birthday=date(1990, 6, 15), as_of=datetime(2027, 6, 1, tzinfo=UTC), tz=SHANGHAI
+    )
     assert voucher is not None
     assert (voucher.code, voucher.kind, voucher.tier, voucher.remaining_uses, voucher.value_fen) == (
-        "birthday_voucher", "voucher", None, 1, 88_800)
+        "birthday_voucher",
+        "voucher",
+        None,
+        1,
+        88_800,
+    )
     changes = domain.tier_benefit_changes(DEFAULT_POLICY, "member", [held(voucher)], voucher.valid_from)
     assert changes.revoke == []
 
@@ -99,8 +114,10 @@ def test_two_months_after_the_birth_month_the_voucher_is_missed() -> None:
 
 
 def test_a_tier_whose_policy_has_no_birthday_rule_gets_no_voucher() -> None:
-    benefits = {**DEFAULT_POLICY.benefits,
-                "member": [r for r in DEFAULT_POLICY.benefits["member"] if r.trigger != "birthday"]}
+    benefits = {
+        **DEFAULT_POLICY.benefits,
+        "member": [r for r in DEFAULT_POLICY.benefits["member"] if r.trigger != "birthday"],
+    }
     policy = DEFAULT_POLICY.model_copy(update={"benefits": benefits})
     args = dict(birthday=date(1990, 6, 15), as_of=datetime(2027, 6, 1, tzinfo=UTC), tz=SHANGHAI)
     assert domain.birthday_grant(policy, tier="member", **args) is None  # type: ignore[arg-type]
@@ -108,10 +125,13 @@ def test_a_tier_whose_policy_has_no_birthday_rule_gets_no_voucher() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dates(date(1940, 1, 1), date(2010, 12, 31)),
-       st.datetimes(datetime(2025, 1, 1), datetime(2035, 12, 31), timezones=st.just(UTC)))
+@given(
+    st.dates(date(1940, 1, 1), date(2010, 12, 31)),
+    st.datetimes(datetime(2025, 1, 1), datetime(2035, 12, 31), timezones=st.just(UTC)),
+)
 def test_a_voucher_is_only_granted_in_or_just_after_the_local_birth_month_and_lasts_past_it(
-        born: date, as_of: datetime) -> None:
+    born: date, as_of: datetime
+) -> None:
     grant = birthday(born, as_of)
     local = as_of.astimezone(SHANGHAI)
     months_after = (local.month - born.month) % 12
@@ -132,8 +152,9 @@ T0 = datetime(2026, 3, 15, 2, 0, tzinfo=UTC)
 
 
 def silver_since(at: datetime) -> list[Entitlement]:
-    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", [], at,
-                                          tier_year=domain.tier_year_period(at, SHANGHAI))
+    changes = domain.tier_benefit_changes(
+        DEFAULT_POLICY, "silver", [], at, tier_year=domain.tier_year_period(at, SHANGHAI)
+    )
     return [held(g) for g in changes.grant]
 
 
@@ -147,20 +168,21 @@ def test_a_review_that_keeps_the_tier_replaces_the_unused_skin_check_with_the_ne
     before = silver_since(T0)
     review = T0 + timedelta(days=300)
     year = domain.tier_year_period(review, SHANGHAI)
-    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", before, review, tier_year=year,
-                                          new_tier_year=True)
+    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", before, review, tier_year=year, new_tier_year=True)
     assert [e.code for e in changes.replace] == ["annual_skin_check"]
     assert [(g.code, g.period, g.remaining_uses) for g in changes.grant] == [("annual_skin_check", year, 1)]
     assert changes.revoke == [] and changes.expire == []
 
 
 def test_a_review_after_the_skin_check_was_used_grants_the_next_years_and_replaces_nothing() -> None:
-    before = [e if e.code != "annual_skin_check" else Entitlement(**{**e.__dict__, "status": "used",
-                                                                     "remaining_uses": 0})
-              for e in silver_since(T0)]
+    before = [
+        e if e.code != "annual_skin_check" else Entitlement(**{**e.__dict__, "status": "used", "remaining_uses": 0})
+        for e in silver_since(T0)
+    ]
     review = T0 + timedelta(days=200)
-    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "gold", before, review, new_tier_year=True,
-                                          tier_year=domain.tier_year_period(review, SHANGHAI))
+    changes = domain.tier_benefit_changes(
+        DEFAULT_POLICY, "gold", before, review, new_tier_year=True, tier_year=domain.tier_year_period(review, SHANGHAI)
+    )
     assert changes.replace == []
     assert "annual_skin_check" in {g.code for g in changes.grant}
 
@@ -168,18 +190,21 @@ def test_a_review_after_the_skin_check_was_used_grants_the_next_years_and_replac
 def test_the_same_review_applied_twice_grants_one_skin_check() -> None:
     review = T0 + timedelta(days=365)
     year = domain.tier_year_period(review, SHANGHAI)
-    first = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", silver_since(T0), review, tier_year=year,
-                                        new_tier_year=True)
+    first = domain.tier_benefit_changes(
+        DEFAULT_POLICY, "silver", silver_since(T0), review, tier_year=year, new_tier_year=True
+    )
     after = [e for e in silver_since(T0) if e.code != "annual_skin_check"] + [held(g) for g in first.grant]
-    again = domain.tier_benefit_changes(DEFAULT_POLICY, "silver", after, review + timedelta(hours=1),
-                                        tier_year=year, new_tier_year=True)
+    again = domain.tier_benefit_changes(
+        DEFAULT_POLICY, "silver", after, review + timedelta(hours=1), tier_year=year, new_tier_year=True
+    )
     assert again == domain.BenefitChanges()
 
 
 def test_an_upgrade_within_the_tier_year_keeps_the_skin_check() -> None:
     later = T0 + timedelta(days=40)
-    changes = domain.tier_benefit_changes(DEFAULT_POLICY, "gold", silver_since(T0), later,
-                                          tier_year=domain.tier_year_period(later, SHANGHAI))
+    changes = domain.tier_benefit_changes(
+        DEFAULT_POLICY, "gold", silver_since(T0), later, tier_year=domain.tier_year_period(later, SHANGHAI)
+    )
     assert "annual_skin_check" not in {g.code for g in changes.grant} and changes.replace == []
 
 
@@ -187,8 +212,7 @@ def test_an_upgrade_within_the_tier_year_keeps_the_skin_check() -> None:
 
 
 def care_packs(tier: str, amount_fen: int) -> list[Grant]:
-    return domain.purchase_grants(DEFAULT_POLICY, tier=tier, purchase_id="p-1", amount_fen=amount_fen,
-                                  occurred_at=T0)
+    return domain.purchase_grants(DEFAULT_POLICY, tier=tier, purchase_id="p-1", amount_fen=amount_fen, occurred_at=T0)
 
 
 def test_a_gold_members_5000_yuan_purchase_earns_one_care_pack_for_that_purchase() -> None:
@@ -206,8 +230,7 @@ def test_a_4999_yuan_purchase_or_a_silver_member_earns_no_care_pack() -> None:
 
 def test_the_care_pack_threshold_follows_the_policy() -> None:
     policy = DEFAULT_POLICY.model_copy(update={"care_pack_min_purchase_fen": 100_000})
-    assert len(domain.purchase_grants(policy, tier="gold", purchase_id="p", amount_fen=100_000,
-                                      occurred_at=T0)) == 1
+    assert len(domain.purchase_grants(policy, tier="gold", purchase_id="p", amount_fen=100_000, occurred_at=T0)) == 1
 
 
 @given(st.sampled_from(TIERS), st.integers(1, 50_000_000))

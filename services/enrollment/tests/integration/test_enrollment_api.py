@@ -24,15 +24,22 @@ def test_enrols_a_member_and_masks_the_phone(api: Api) -> None:
 
 def test_a_phone_enrolled_twice_is_a_conflict_naming_the_member(api: Api) -> None:
     first = api.enrol(phone="13700001111")
-    r = api.post("enrollment", "/v1/members", {
-        "phone": "13700001111", "name": "again", "birthday": "1991-01-01", "home_clinic_id": "c",
-        "source": "online"}, key=APP)
+    r = api.post(
+        "enrollment",
+        "/v1/members",
+        {"phone": "13700001111", "name": "again", "birthday": "1991-01-01", "home_clinic_id": "c", "source": "online"},
+        key=APP,
+    )
     assert is_problem(r, 409)["member_id"] == first["member_id"]
 
 
 def test_an_invalid_enrolment_is_a_problem_and_stores_nothing(api: Api) -> None:
-    r = api.post("enrollment", "/v1/members", {"phone": "12", "name": "", "birthday": "not-a-date",
-                                               "home_clinic_id": "c", "source": "tv"}, key=APP)
+    r = api.post(
+        "enrollment",
+        "/v1/members",
+        {"phone": "12", "name": "", "birthday": "not-a-date", "home_clinic_id": "c", "source": "tv"},
+        key=APP,
+    )
     doc = is_problem(r, 422)
     assert {tuple(e["location"][-1:]) for e in doc["errors"]} >= {("phone",), ("birthday",), ("source",)}
     assert api.get("enrollment", "/v1/members", key=POS, params={"phone": "000012"}).json()["items"] == []
@@ -46,8 +53,10 @@ def test_the_same_purchase_twice_returns_the_same_id_and_a_changed_body_conflict
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.json()["purchase_id"] == again.json()["purchase_id"]
     changed = {**body, "amount_fen": 20_000, "items": [{**body["items"][0], "amount_fen": 20_000}]}
-    assert is_problem(api.post("enrollment", "/v1/purchases", changed, key=POS), 409)["purchase_id"] == \
-        first.json()["purchase_id"]
+    assert (
+        is_problem(api.post("enrollment", "/v1/purchases", changed, key=POS), 409)["purchase_id"]
+        == first.json()["purchase_id"]
+    )
 
 
 def test_a_purchase_whose_items_do_not_add_up_is_rejected(api: Api) -> None:
@@ -61,10 +70,20 @@ def test_a_purchase_whose_items_do_not_add_up_is_rejected(api: Api) -> None:
 
 
 def test_a_purchase_for_an_unknown_or_another_chains_member_is_rejected_and_stores_nothing(
-        api: Api, other_chain_key: str) -> None:
-    theirs = api.post("enrollment", "/v1/members", {
-        "phone": "139" + str(uuid.uuid4().int)[:8], "name": "别家会员", "birthday": "1990-01-01",
-        "home_clinic_id": "c", "source": "walk_in"}, key=other_chain_key).json()["member_id"]
+    api: Api, other_chain_key: str
+) -> None:
+    theirs = api.post(
+        "enrollment",
+        "/v1/members",
+        {
+            "phone": "139" + str(uuid.uuid4().int)[:8],
+            "name": "别家会员",
+            "birthday": "1990-01-01",
+            "home_clinic_id": "c",
+            "source": "walk_in",
+        },
+        key=other_chain_key,
+    ).json()["member_id"]
     for member_id in (str(uuid.uuid4()), theirs):
         body = purchase_body(member_id, 10_000)
         doc = is_problem(api.post("enrollment", "/v1/purchases", body, key=POS), 422)
@@ -77,14 +96,12 @@ def test_a_purchase_for_an_unknown_or_another_chains_member_is_rejected_and_stor
 
 def test_idempotency_key_replays_the_first_response(api: Api) -> None:
     key = str(uuid.uuid4())
-    body = {"phone": "13600002222", "name": "Wang", "birthday": "1985-03-04", "home_clinic_id": "c",
-            "source": "online"}
+    body = {"phone": "13600002222", "name": "Wang", "birthday": "1985-03-04", "home_clinic_id": "c", "source": "online"}
     first = api.post("enrollment", "/v1/members", body, key=APP, headers={"Idempotency-Key": key})
     second = api.post("enrollment", "/v1/members", body, key=APP, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
-    other = api.post("enrollment", "/v1/members", {**body, "name": "Zhang"}, key=APP,
-                     headers={"Idempotency-Key": key})
+    other = api.post("enrollment", "/v1/members", {**body, "name": "Zhang"}, key=APP, headers={"Idempotency-Key": key})
     is_problem(other, 409)
 
 
@@ -101,10 +118,15 @@ def _later(days: int) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).isoformat()
 
 
-def _refund(api: Api, purchase_id: str, amount: int, refund_id: str | None = None, at: str | None = None,
-            **extra: object):  # noqa: ANN202
-    body = {"refund_id": refund_id or f"r-{uuid.uuid4()}", "amount_fen": amount,
-            "occurred_at": at or datetime.now(UTC).isoformat(), **extra}
+def _refund(
+    api: Api, purchase_id: str, amount: int, refund_id: str | None = None, at: str | None = None, **extra: object
+):
+    body = {
+        "refund_id": refund_id or f"r-{uuid.uuid4()}",
+        "amount_fen": amount,
+        "occurred_at": at or datetime.now(UTC).isoformat(),
+        **extra,
+    }
     return api.post("enrollment", f"/v1/purchases/{purchase_id}/refunds", body, key=POS)
 
 
@@ -127,26 +149,38 @@ def test_refunds_of_unknown_or_another_members_purchases_are_rejected(api: Api, 
     pid = api.purchase(a["member_id"], 50_000)["purchase_id"]
     is_problem(_refund(api, str(uuid.uuid4()), 100), 404)
     is_problem(_refund(api, pid, 100, member_id=b["member_id"]), 422)
-    r = api.post("enrollment", f"/v1/purchases/{pid}/refunds", {
-        "refund_id": "x", "amount_fen": 100, "occurred_at": datetime.now(UTC).isoformat()}, key=other_chain_key)
+    r = api.post(
+        "enrollment",
+        f"/v1/purchases/{pid}/refunds",
+        {"refund_id": "x", "amount_fen": 100, "occurred_at": datetime.now(UTC).isoformat()},
+        key=other_chain_key,
+    )
     is_problem(r, 404)
 
 
-def test_referral_codes_link_referee_to_referrer_and_bad_codes_are_rejected(api: Api, other_chain_key: str
-                                                                          ) -> None:
+def test_referral_codes_link_referee_to_referrer_and_bad_codes_are_rejected(api: Api, other_chain_key: str) -> None:
     referrer = api.enrol(phone="13511112222")
     referee = api.enrol(referral_code=referrer["referral_code"], source="referral")
     got = api.get("enrollment", f"/v1/members/{referee['member_id']}", key=POS).json()
     assert got["referred_by"] == referrer["member_id"] and got["referral_status"] == "pending"
     base = {"name": "x", "birthday": "1990-01-01", "home_clinic_id": "c", "source": "referral"}
-    is_problem(api.post("enrollment", "/v1/members", {**base, "phone": "13511113333", "referral_code": "NOPE2345"},
-                        key=APP), 422)
-    self_ref = api.post("enrollment", "/v1/members", {**base, "phone": "13511112222",
-                                                      "referral_code": referrer["referral_code"]}, key=APP)
+    is_problem(
+        api.post("enrollment", "/v1/members", {**base, "phone": "13511113333", "referral_code": "NOPE2345"}, key=APP),
+        422,
+    )
+    self_ref = api.post(
+        "enrollment",
+        "/v1/members",
+        {**base, "phone": "13511112222", "referral_code": referrer["referral_code"]},
+        key=APP,
+    )
     assert "themselves" in is_problem(self_ref, 422)["detail"]
-    foreign = api.post("enrollment", "/v1/members", {**base, "phone": "13511114444",
-                                                     "referral_code": referrer["referral_code"]},
-                       key=other_chain_key)
+    foreign = api.post(
+        "enrollment",
+        "/v1/members",
+        {**base, "phone": "13511114444", "referral_code": referrer["referral_code"]},
+        key=other_chain_key,
+    )
     is_problem(foreign, 422)
 
 

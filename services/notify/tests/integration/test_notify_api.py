@@ -38,21 +38,27 @@ def other_chains_key(stack: Stack) -> str:
 def test_a_member_starts_with_the_default_preferences(api: Api) -> None:
     member_id = known_member(api)
     r = api.get("notify", f"/v1/members/{member_id}/preferences", key=OPS)
-    assert r.json() == {"member_id": member_id, "channels": ["webhook", "sms", "email"], "locale": "zh-CN",
-                        "quiet_hours": {"start": "22:00", "end": "08:00"}}
+    assert r.json() == {
+        "member_id": member_id,
+        "channels": ["webhook", "sms", "email"],
+        "locale": "zh-CN",
+        "quiet_hours": {"start": "22:00", "end": "08:00"},
+    }
 
 
 def test_invalid_preferences_are_a_problem_and_change_nothing(api: Api) -> None:
     member_id = known_member(api)
     path = f"/v1/members/{member_id}/preferences"
     before = api.get("notify", path).json()
-    for body in ({"channels": ["fax"], "locale": "en"},
-                 {"channels": ["sms"], "locale": "fr"},
-                 {"channels": ["sms", "sms"], "locale": "en"},
-                 {"channels": ["sms"], "locale": "en", "quiet_hours": {"start": "25:00", "end": "08:00"}},
-                 {"channels": ["sms"], "locale": "en", "quiet_hours": {"start": "08:00", "end": "08:00"}},
-                 {"channels": ["sms"], "locale": "en", "colour": "red"},
-                 {"locale": "en"}):
+    for body in (
+        {"channels": ["fax"], "locale": "en"},
+        {"channels": ["sms"], "locale": "fr"},
+        {"channels": ["sms", "sms"], "locale": "en"},
+        {"channels": ["sms"], "locale": "en", "quiet_hours": {"start": "25:00", "end": "08:00"}},
+        {"channels": ["sms"], "locale": "en", "quiet_hours": {"start": "08:00", "end": "08:00"}},
+        {"channels": ["sms"], "locale": "en", "colour": "red"},
+        {"locale": "en"},
+    ):
         doc = is_problem(api.put("notify", path, body), 422)
         assert doc["errors"], body
     assert api.get("notify", path).json() == before
@@ -60,8 +66,9 @@ def test_invalid_preferences_are_a_problem_and_change_nothing(api: Api) -> None:
 
 def test_null_quiet_hours_means_none_and_an_empty_channel_list_is_allowed(api: Api) -> None:
     member_id = known_member(api)
-    r = api.put("notify", f"/v1/members/{member_id}/preferences",
-                {"channels": [], "locale": "zh-CN", "quiet_hours": None})
+    r = api.put(
+        "notify", f"/v1/members/{member_id}/preferences", {"channels": [], "locale": "zh-CN", "quiet_hours": None}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["quiet_hours"] is None and r.json()["channels"] == []
 
@@ -82,5 +89,6 @@ def test_auth_needs_a_known_key_of_the_right_scope(api: Api) -> None:
     is_problem(api.get("notify", f"/v1/members/{member_id}/notifications", key=None), 401)
     is_problem(api.get("notify", f"/v1/members/{member_id}/notifications", key="nope"), 401)
     assert api.get("notify", f"/v1/members/{member_id}/notifications", key=POS).status_code == 200
-    is_problem(api.put("notify", f"/v1/members/{member_id}/preferences",
-                       {"channels": ["sms"], "locale": "en"}, key=POS), 403)
+    is_problem(
+        api.put("notify", f"/v1/members/{member_id}/preferences", {"channels": ["sms"], "locale": "en"}, key=POS), 403
+    )

@@ -15,8 +15,17 @@ from aiokafka import AIOKafkaConsumer
 
 from devstack.stack import Stack
 from shared.events import (
-    BenefitGranted, CloudEvent, Consents, EventData, MemberEnrolled, PointsExpiringSoon, ReferralCompleted,
-    TierChanged, decode, new_event, topic_of,
+    BenefitGranted,
+    CloudEvent,
+    Consents,
+    EventData,
+    MemberEnrolled,
+    PointsExpiringSoon,
+    ReferralCompleted,
+    TierChanged,
+    decode,
+    new_event,
+    topic_of,
 )
 from tests.helpers import APP, Api, WebhookReceiver, eventually, publish_events
 
@@ -35,6 +44,7 @@ def notifications(api: Api, member_id: str, kind: str | None = None) -> list[dic
 
 def delivered(api: Api, member_id: str, kind: str, channels: set[str]) -> list[dict[str, Any]]:
     """Wait until ``kind`` went out on exactly ``channels``; return those notifications."""
+
     def check() -> list[dict[str, Any]]:
         items = notifications(api, member_id, kind)
         assert {n["channel"] for n in items} == channels, items
@@ -56,17 +66,30 @@ def publish(stack: Stack, member_id: str, *events: EventData) -> None:
 TIER_NAMES = {"member": "普通会员", "silver": "银卡会员", "gold": "金卡会员"}
 
 
-def tier_changed(to_tier: str = "silver", direction: Literal["up", "down", "none"] = "up",
-                 from_tier: str = "member") -> TierChanged:
-    return TierChanged(from_tier=from_tier, to_tier=to_tier, direction=direction, reason="qualified",
-                       policy_version=1, effective_at=datetime.now(UTC), to_tier_name=TIER_NAMES[to_tier])
+def tier_changed(
+    to_tier: str = "silver", direction: Literal["up", "down", "none"] = "up", from_tier: str = "member"
+) -> TierChanged:
+    return TierChanged(
+        from_tier=from_tier,
+        to_tier=to_tier,
+        direction=direction,
+        reason="qualified",
+        policy_version=1,
+        effective_at=datetime.now(UTC),
+        to_tier_name=TIER_NAMES[to_tier],
+    )
 
 
 def notify_events(stack: Stack, notification_id: str) -> list[CloudEvent]:
     """The events notify published (through its outbox) about one notification."""
+
     async def go() -> list[CloudEvent]:
-        consumer = AIOKafkaConsumer(topic_of("notify"), bootstrap_servers=stack.broker.bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic_of("notify"),
+            bootstrap_servers=stack.broker.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         try:
             batch = await consumer.getmany(timeout_ms=2000)
@@ -86,8 +109,9 @@ def enrol(api: Api, *, sms: bool = True, email: str | None = None) -> tuple[str,
     return api.enrol(**body)["member_id"], phone
 
 
-def test_a_new_member_is_welcomed_on_the_signed_webhook_and_by_sms(api: Api, stack: Stack,
-                                                                   webhook: WebhookReceiver) -> None:
+def test_a_new_member_is_welcomed_on_the_signed_webhook_and_by_sms(
+    api: Api, stack: Stack, webhook: WebhookReceiver
+) -> None:
     member_id, phone = enrol(api, sms=True)
     sent = {n["channel"]: n for n in delivered(api, member_id, "welcome", {"webhook", "sms"})}
     assert sent["webhook"]["attempts"] == 1 and sent["webhook"]["sent_at"]
@@ -102,7 +126,8 @@ def test_a_new_member_is_welcomed_on_the_signed_webhook_and_by_sms(api: Api, sta
 
 
 def test_a_tier_upgrade_goes_out_once_per_consented_channel_even_when_the_event_repeats(
-        api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
+    api: Api, stack: Stack, webhook: WebhookReceiver
+) -> None:
     member_id, _ = enrol(api, sms=True, email="li@example.com")
     delivered(api, member_id, "welcome", {"webhook", "sms", "email"})
     upgrade = new_event(tier_changed("silver"), member_id=member_id, chain_id=CHAIN)
@@ -124,7 +149,8 @@ def test_a_tier_upgrade_goes_out_once_per_consented_channel_even_when_the_event_
 
 
 def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_every_consented_channel(
-        api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
+    api: Api, stack: Stack, webhook: WebhookReceiver
+) -> None:
     member_id = str(uuid.uuid4())
     # the upgrade arrives first (tiering's topic can run ahead of enrollment's)
     publish(stack, member_id, tier_changed("silver"))
@@ -132,10 +158,21 @@ def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_eve
     assert api.get("notify", f"/v1/members/{member_id}/notifications", key=APP).status_code == 404
     assert [r for r in webhook.for_member(member_id)] == []  # nothing went out without the consents
     phone = "139" + str(uuid.uuid4().int)[:8]
-    publish(stack, member_id, MemberEnrolled(
-        member_id=member_id, member_no="M000000001", home_clinic_id="clinic-1", source="walk_in",
-        birthday=date(1990, 6, 15), enrolled_at=datetime.now(UTC), name="王女士", phone=phone,
-        consents=Consents(marketing=False, sms=True, email=False)))
+    publish(
+        stack,
+        member_id,
+        MemberEnrolled(
+            member_id=member_id,
+            member_no="M000000001",
+            home_clinic_id="clinic-1",
+            source="walk_in",
+            birthday=date(1990, 6, 15),
+            enrolled_at=datetime.now(UTC),
+            name="王女士",
+            phone=phone,
+            consents=Consents(marketing=False, sms=True, email=False),
+        ),
+    )
     delivered(api, member_id, "welcome", {"webhook", "sms"})
     up = {n["channel"]: n for n in delivered(api, member_id, "tier_up", {"webhook", "sms"})}
     assert "银卡会员" in up["webhook"]["title"]
@@ -158,13 +195,26 @@ async def test_parked_events_of_a_member_who_never_enrols_are_dropped_after_30_d
     try:
         async with db.unit_of_work() as uow:
             for event_id, age in ((old, timedelta(days=31)), (recent, timedelta(days=29))):
-                await uow.execute(parked_events.insert().values(
-                    event_id=event_id, member_id=str(uuid.uuid4()), chain_id=CHAIN, payload="{}",
-                    parked_at=uow.now() - age))
+                await uow.execute(
+                    parked_events.insert().values(
+                        event_id=event_id,
+                        member_id=str(uuid.uuid4()),
+                        chain_id=CHAIN,
+                        payload="{}",
+                        parked_at=uow.now() - age,
+                    )
+                )
         assert await purge_parked(db) >= 1
         async with db.unit_of_work() as uow:
-            left = set((await uow.execute(parked_events.select().with_only_columns(parked_events.c.event_id).where(
-                parked_events.c.event_id.in_([old, recent])))).scalars())
+            left = set(
+                (
+                    await uow.execute(
+                        parked_events.select()
+                        .with_only_columns(parked_events.c.event_id)
+                        .where(parked_events.c.event_id.in_([old, recent]))
+                    )
+                ).scalars()
+            )
     finally:
         await db.dispose()
     assert left == {recent}
@@ -181,14 +231,17 @@ def test_a_member_without_sms_consent_gets_no_sms(api: Api, stack: Stack) -> Non
 def test_a_no_change_tier_event_notifies_nobody_and_a_downgrade_does(api: Api, stack: Stack) -> None:
     member_id, _ = enrol(api, sms=False)
     delivered(api, member_id, "welcome", {"webhook"})
-    publish(stack, member_id, tier_changed("silver", direction="none", from_tier="silver"),
-            tier_changed("member", direction="down", from_tier="silver"))
+    publish(
+        stack,
+        member_id,
+        tier_changed("silver", direction="none", from_tier="silver"),
+        tier_changed("member", direction="down", from_tier="silver"),
+    )
     delivered(api, member_id, "tier_down", {"webhook"})
     assert {n["kind"] for n in notifications(api, member_id)} == {"welcome", "tier_down"}
 
 
-def test_a_failing_webhook_gets_the_notification_on_a_retry(api: Api, stack: Stack,
-                                                            webhook: WebhookReceiver) -> None:
+def test_a_failing_webhook_gets_the_notification_on_a_retry(api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
     member_id, _ = enrol(api, sms=True)
     delivered(api, member_id, "welcome", {"webhook", "sms"})
     r = api.put("notify", f"/v1/members/{member_id}/preferences", {"channels": ["webhook"], "locale": "zh-CN"})
@@ -203,8 +256,9 @@ def test_a_failing_webhook_gets_the_notification_on_a_retry(api: Api, stack: Sta
     assert (event.type, event.subject, event.data.attempts) == ("NotificationSent", member_id, 3)
 
 
-def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(api: Api, stack: Stack,
-                                                                         webhook: WebhookReceiver) -> None:
+def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(
+    api: Api, stack: Stack, webhook: WebhookReceiver
+) -> None:
     member_id, _ = enrol(api, sms=False)
     delivered(api, member_id, "welcome", {"webhook"})
     webhook.fail_next = 5  # settings.notify_max_attempts; retries 0.2, 0.4, 0.8, 1.6 s apart in the suite
@@ -229,8 +283,12 @@ def test_english_preferences_render_english(api: Api, stack: Stack, webhook: Web
     prefs = {"channels": ["sms", "webhook"], "locale": "en", "quiet_hours": {"start": "23:00", "end": "07:30"}}
     r = api.put("notify", f"/v1/members/{member_id}/preferences", prefs)
     assert r.status_code == 200, r.text
-    stored = {"member_id": member_id, "channels": ["webhook", "sms"], "locale": "en",
-              "quiet_hours": {"start": "23:00", "end": "07:30"}}
+    stored = {
+        "member_id": member_id,
+        "channels": ["webhook", "sms"],
+        "locale": "en",
+        "quiet_hours": {"start": "23:00", "end": "07:30"},
+    }
     assert r.json() == stored
     assert api.get("notify", f"/v1/members/{member_id}/preferences").json() == stored
 
@@ -241,18 +299,28 @@ def test_english_preferences_render_english(api: Api, stack: Stack, webhook: Web
     assert request["json"]["locale"] == "en" and "upgraded to Silver" in request["json"]["body"]
 
 
-def test_benefits_expiring_points_and_referrals_are_notified(api: Api, stack: Stack,
-                                                              webhook: WebhookReceiver) -> None:
+def test_benefits_expiring_points_and_referrals_are_notified(api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
     member_id, _ = enrol(api, sms=False)
     referee_id, _ = enrol(api, sms=False)
     delivered(api, member_id, "welcome", {"webhook"})
-    publish(stack, member_id,
-            BenefitGranted(benefit_id=str(uuid.uuid4()), code="annual_skin_check", remaining_uses=1),
-            PointsExpiringSoon(points=1200, expires_on=date(2026, 3, 31)))
+    publish(
+        stack,
+        member_id,
+        BenefitGranted(benefit_id=str(uuid.uuid4()), code="annual_skin_check", remaining_uses=1),
+        PointsExpiringSoon(points=1200, expires_on=date(2026, 3, 31)),
+    )
     # enrollment publishes ReferralCompleted under the referee; the message is for the referrer
-    publish(stack, referee_id, ReferralCompleted(referrer_id=member_id, referee_id=referee_id,
-                                                 purchase_id=str(uuid.uuid4()), completed_at=datetime.now(UTC),
-                                                 referral_count=1))
+    publish(
+        stack,
+        referee_id,
+        ReferralCompleted(
+            referrer_id=member_id,
+            referee_id=referee_id,
+            purchase_id=str(uuid.uuid4()),
+            completed_at=datetime.now(UTC),
+            referral_count=1,
+        ),
+    )
     [benefit] = delivered(api, member_id, "benefit_granted", {"webhook"})
     [expiring] = delivered(api, member_id, "points_expiring", {"webhook"})
     delivered(api, member_id, "referral_completed", {"webhook"})

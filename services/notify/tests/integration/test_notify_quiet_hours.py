@@ -50,6 +50,7 @@ def notifications(api: Api, member_id: str, kind: str | None = None) -> list[dic
 
 def with_status(api: Api, member_id: str, kind: str, channels: set[str], status: str) -> list[dict[str, Any]]:
     """Wait until ``kind`` is on exactly ``channels``, all with ``status``; return them."""
+
     def check() -> list[dict[str, Any]]:
         items = notifications(api, member_id, kind)
         assert {n["channel"] for n in items} == channels, items
@@ -80,8 +81,11 @@ def quiet_around_now(api: Api, member_id: str) -> datetime:
     late in the evening); returns when they end."""
     now = datetime.now(SHANGHAI)
     start, end = now - timedelta(hours=1), (now + timedelta(hours=1)).replace(second=0, microsecond=0)
-    prefs = {"channels": ["webhook", "sms"], "locale": "zh-CN",
-             "quiet_hours": {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}}
+    prefs = {
+        "channels": ["webhook", "sms"],
+        "locale": "zh-CN",
+        "quiet_hours": {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")},
+    }
     r = api.put("notify", f"/v1/members/{member_id}/preferences", prefs)
     assert r.status_code == 200, r.text
     return end
@@ -89,8 +93,9 @@ def quiet_around_now(api: Api, member_id: str) -> datetime:
 
 def voucher(value_fen: int = 50_000) -> BenefitGranted:
     until = datetime(2031, 7, 1, tzinfo=SHANGHAI).astimezone(UTC)  # usable through 30 June, local
-    return BenefitGranted(benefit_id=str(uuid.uuid4()), code="birthday_voucher", remaining_uses=1,
-                          value_fen=value_fen, valid_until=until)
+    return BenefitGranted(
+        benefit_id=str(uuid.uuid4()), code="birthday_voucher", remaining_uses=1, value_fen=value_fen, valid_until=until
+    )
 
 
 def skin_check() -> BenefitGranted:
@@ -98,8 +103,15 @@ def skin_check() -> BenefitGranted:
 
 
 def tier_up() -> TierChanged:
-    return TierChanged(from_tier="member", to_tier="silver", direction="up", reason="qualified", policy_version=1,
-                       effective_at=datetime.now(UTC), to_tier_name="银卡会员")
+    return TierChanged(
+        from_tier="member",
+        to_tier="silver",
+        direction="up",
+        reason="qualified",
+        policy_version=1,
+        effective_at=datetime.now(UTC),
+        to_tier_name="银卡会员",
+    )
 
 
 def hooks_of(webhook: WebhookReceiver, member_id: str, kind: str) -> list[dict[str, Any]]:
@@ -116,13 +128,17 @@ def move_past(clock: OffsetFileClock, when: datetime) -> None:
 
 def marketing_consent(stack: Stack, member_id: str) -> bool:
     """What notify's contact projection holds (the precondition of a withdrawal test)."""
+
     async def go() -> bool:
         engine = create_async_engine(stack.postgres.url)
         try:
             async with engine.connect() as conn:
-                return bool(await conn.scalar(text(
-                    "SELECT (consents->>'marketing')::boolean FROM notify.contacts WHERE member_id = :m"),
-                    {"m": member_id}))
+                return bool(
+                    await conn.scalar(
+                        text("SELECT (consents->>'marketing')::boolean FROM notify.contacts WHERE member_id = :m"),
+                        {"m": member_id},
+                    )
+                )
         finally:
             await engine.dispose()
 
@@ -133,7 +149,8 @@ def marketing_consent(stack: Stack, member_id: str) -> bool:
 
 
 def test_a_voucher_waits_out_quiet_hours_while_a_tier_upgrade_goes_out_at_once(
-        api: Api, stack: Stack, webhook: WebhookReceiver, clock: OffsetFileClock) -> None:
+    api: Api, stack: Stack, webhook: WebhookReceiver, clock: OffsetFileClock
+) -> None:
     member_id, phone = enrol(api, marketing=True)
     quiet_end = quiet_around_now(api, member_id)
 
@@ -163,10 +180,14 @@ def test_a_voucher_waits_out_quiet_hours_while_a_tier_upgrade_goes_out_at_once(
 
 
 def test_a_member_without_marketing_consent_never_gets_a_voucher_message(
-        api: Api, stack: Stack, webhook: WebhookReceiver) -> None:
+    api: Api, stack: Stack, webhook: WebhookReceiver
+) -> None:
     member_id, phone = enrol(api, marketing=False)
-    r = api.put("notify", f"/v1/members/{member_id}/preferences",
-                {"channels": ["webhook", "sms"], "locale": "zh-CN", "quiet_hours": None})
+    r = api.put(
+        "notify",
+        f"/v1/members/{member_id}/preferences",
+        {"channels": ["webhook", "sms"], "locale": "zh-CN", "quiet_hours": None},
+    )
     assert r.status_code == 200, r.text
 
     # the skin check follows the voucher on the same partition: once it is out, the voucher was consumed
@@ -178,14 +199,16 @@ def test_a_member_without_marketing_consent_never_gets_a_voucher_message(
 
 
 def test_a_held_voucher_is_never_sent_once_the_member_withdraws_marketing_consent(
-        api: Api, stack: Stack, webhook: WebhookReceiver, clock: OffsetFileClock) -> None:
-    member_id, phone = enrol(api, marketing=True)
+    api: Api, stack: Stack, webhook: WebhookReceiver, clock: OffsetFileClock
+) -> None:
+    member_id, _phone = enrol(api, marketing=True)
     quiet_end = quiet_around_now(api, member_id)
     publish(stack, member_id, voucher())
     with_status(api, member_id, "voucher_granted", {"webhook", "sms"}, "pending")
 
-    r = api.patch("enrollment", f"/v1/members/{member_id}",
-                  {"consents": {"marketing": False, "sms": True, "email": False}})
+    r = api.patch(
+        "enrollment", f"/v1/members/{member_id}", {"consents": {"marketing": False, "sms": True, "email": False}}
+    )
     assert r.status_code == 200, r.text
     eventually(lambda: not marketing_consent(stack, member_id))
 

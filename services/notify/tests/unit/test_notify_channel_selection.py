@@ -9,8 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notify.domain import (
-    CHANNELS, DEFAULT_QUIET_HOURS, KINDS, Consents, Contact, Kind, Preferences, QuietHours, canonical_channels,
-    earliest_delivery, select_channels, tier_change_kind,
+    CHANNELS,
+    DEFAULT_QUIET_HOURS,
+    KINDS,
+    Consents,
+    Contact,
+    Kind,
+    Preferences,
+    QuietHours,
+    canonical_channels,
+    earliest_delivery,
+    select_channels,
+    tier_change_kind,
 )
 
 TIER_UP = KINDS["tier_up"]
@@ -18,8 +28,14 @@ PROMO = Kind("promotion", marketing=True)
 SH = ZoneInfo("Asia/Shanghai")
 
 
-def contact(sms: bool = True, email: bool = True, marketing: bool = False, *, phone: str | None = "13800000000",
-            address: str | None = "a@example.com") -> Contact:
+def contact(
+    sms: bool = True,
+    email: bool = True,
+    marketing: bool = False,
+    *,
+    phone: str | None = "13800000000",
+    address: str | None = "a@example.com",
+) -> Contact:
     return Contact(name="王", phone=phone, email=address, consents=Consents(marketing=marketing, sms=sms, email=email))
 
 
@@ -61,10 +77,16 @@ def test_an_unknown_member_is_only_told_through_the_chains_backend() -> None:
     assert select_channels(PROMO, Preferences(), None) == []
 
 
-@given(channels=st.lists(st.sampled_from(CHANNELS)), sms=st.booleans(), email=st.booleans(),
-       marketing=st.booleans(), promo=st.booleans())
-def test_selected_channels_are_always_wanted_and_consented(channels: list[str], sms: bool, email: bool,
-                                                           marketing: bool, promo: bool) -> None:
+@given(
+    channels=st.lists(st.sampled_from(CHANNELS)),
+    sms=st.booleans(),
+    email=st.booleans(),
+    marketing=st.booleans(),
+    promo=st.booleans(),
+)
+def test_selected_channels_are_always_wanted_and_consented(
+    channels: list[str], sms: bool, email: bool, marketing: bool, promo: bool
+) -> None:
     c = contact(sms=sms, email=email, marketing=marketing)
     kind = PROMO if promo else TIER_UP
     chosen = select_channels(kind, Preferences(channels=canonical_channels(channels)), c)
@@ -75,8 +97,11 @@ def test_selected_channels_are_always_wanted_and_consented(channels: list[str], 
 
 
 def test_only_up_and_down_tier_changes_notify() -> None:
-    assert (tier_change_kind("up"), tier_change_kind("down"), tier_change_kind("none")) == \
-        ("tier_up", "tier_down", None)
+    assert (tier_change_kind("up"), tier_change_kind("down"), tier_change_kind("none")) == (
+        "tier_up",
+        "tier_down",
+        None,
+    )
 
 
 def test_quiet_hours_wrap_past_midnight() -> None:

@@ -12,15 +12,23 @@ import httpx
 import pytest
 
 from devstack.processes import free_port
-
 from notify.channels import DeliveryFailed, EmailChannel, JsonlSink, SmsChannel, Undeliverable, WebhookChannel
 from notify.domain import Consents, Contact, Notification
 from shared.platform import Chain
 from shared.settings import Settings
 
-N = Notification(notification_id="n-1", member_id="m-1", chain_id="c-1", kind="tier_up", channel="webhook",
-                 locale="zh-CN", title="恭喜升级为银卡会员", body="王，恭喜您升级为银卡会员！", data={"to_tier": "silver"},
-                 created_at=datetime(2025, 1, 1, tzinfo=UTC))
+N = Notification(
+    notification_id="n-1",
+    member_id="m-1",
+    chain_id="c-1",
+    kind="tier_up",
+    channel="webhook",
+    locale="zh-CN",
+    title="恭喜升级为银卡会员",
+    body="王，恭喜您升级为银卡会员！",
+    data={"to_tier": "silver"},
+    created_at=datetime(2025, 1, 1, tzinfo=UTC),
+)
 CONTACT = Contact(name="王", phone="13800001234", email="wang@example.com", consents=Consents(sms=True, email=True))
 CHAIN = Chain("c-1", "Demo", "Asia/Shanghai", "https://hooks.example/membership", "s3cret")
 
@@ -84,7 +92,7 @@ async def test_email_is_sent_over_smtp_when_a_host_is_configured(tmp_path: Path)
     received: list[tuple[str, list[str], bytes]] = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
+        async def handle_DATA(self, server, session, envelope):
             received.append((envelope.mail_from, envelope.rcpt_tos, envelope.content))
             return "250 OK"
 

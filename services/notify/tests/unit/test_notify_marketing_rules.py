@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from notify import templates
 from notify.domain import (
-    KINDS, QuietHours, benefit_granted_kind, earliest_delivery, is_marketing, is_voucher, last_valid_day,
+    KINDS,
+    QuietHours,
+    benefit_granted_kind,
+    earliest_delivery,
+    is_marketing,
+    is_voucher,
+    last_valid_day,
     quiet_hours_end,
 )
 
@@ -74,8 +80,9 @@ def test_quiet_hours_are_read_in_the_chains_zone() -> None:
 
 
 @given(start=st.times(), length=st.integers(1, 24 * 60 - 1), offset=st.integers(0, 24 * 60 * 60 - 1))
-def test_a_held_notification_is_due_at_the_end_of_the_window_within_a_day(start: time, length: int,
-                                                                          offset: int) -> None:
+def test_a_held_notification_is_due_at_the_end_of_the_window_within_a_day(
+    start: time, length: int, offset: int
+) -> None:
     start = start.replace(second=0, microsecond=0)
     end = (datetime.combine(date(2025, 1, 1), start) + timedelta(minutes=length)).time()
     quiet = QuietHours(start, end)
@@ -90,12 +97,24 @@ def test_a_held_notification_is_due_at_the_end_of_the_window_within_a_day(start:
 def test_a_voucher_message_states_its_value_and_last_day_in_both_languages() -> None:
     last_day = last_valid_day(datetime(2025, 7, 1, tzinfo=SH).astimezone(UTC), SH)
     assert last_day == date(2025, 6, 30)  # valid until local midnight: usable through the day before
-    zh = templates.render("voucher_granted", "zh-CN", {
-        "name": "王女士", "voucher": templates.voucher("birthday_voucher", 100_000, "zh-CN"),
-        "validity": templates.validity(last_day, "zh-CN")})
-    en = templates.render("voucher_granted", "en", {
-        "name": "Wang", "voucher": templates.voucher("birthday_voucher", 100_000, "en"),
-        "validity": templates.validity(last_day, "en")})
+    zh = templates.render(
+        "voucher_granted",
+        "zh-CN",
+        {
+            "name": "王女士",
+            "voucher": templates.voucher("birthday_voucher", 100_000, "zh-CN"),
+            "validity": templates.validity(last_day, "zh-CN"),
+        },
+    )
+    en = templates.render(
+        "voucher_granted",
+        "en",
+        {
+            "name": "Wang",
+            "voucher": templates.voucher("birthday_voucher", 100_000, "en"),
+            "validity": templates.validity(last_day, "en"),
+        },
+    )
     assert "1000元生日礼券" in zh[1] and "有效期至2025-06-30" in zh[1]
     assert en[1] == "Wang, your 1,000-yuan birthday voucher is waiting for you, valid until 2025-06-30."
 

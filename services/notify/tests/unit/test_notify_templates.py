@@ -9,9 +9,18 @@ import pytest
 from notify import templates
 from notify.domain import KINDS, LOCALES
 
-SAMPLE = {"name": "王女士", "member_no": "M000000042", "tier_name": "银卡会员", "benefit_name": "生日礼券",
-          "code": "birthday_voucher", "points": 1200, "expires_on": "2026-03-31", "referral_count": 3,
-          "voucher": "1000元生日礼券", "validity": "有效期至2026-06-30"}
+SAMPLE = {
+    "name": "王女士",
+    "member_no": "M000000042",
+    "tier_name": "银卡会员",
+    "benefit_name": "生日礼券",
+    "code": "birthday_voucher",
+    "points": 1200,
+    "expires_on": "2026-03-31",
+    "referral_count": 3,
+    "voucher": "1000元生日礼券",
+    "validity": "有效期至2026-06-30",
+}
 
 
 def _placeholders(text: str) -> set[str]:
@@ -41,10 +50,12 @@ def test_every_kind_has_a_template_in_both_locales() -> None:
 
 
 def test_tier_up_names_the_tier_in_the_members_language() -> None:
-    zh_title, _ = templates.render("tier_up", "zh-CN",
-                                   {"name": "王", "tier_name": templates.tier_name("silver", "zh-CN")})
-    en_title, en_body = templates.render("tier_up", "en", {"name": "Wang",
-                                                           "tier_name": templates.tier_name("silver", "en")})
+    zh_title, _ = templates.render(
+        "tier_up", "zh-CN", {"name": "王", "tier_name": templates.tier_name("silver", "zh-CN")}
+    )
+    en_title, en_body = templates.render(
+        "tier_up", "en", {"name": "Wang", "tier_name": templates.tier_name("silver", "en")}
+    )
     assert "银卡会员" in zh_title
     assert en_title == "You are now Silver" and "upgraded to Silver" in en_body
 
@@ -55,8 +66,9 @@ def test_points_expiring_states_points_and_date() -> None:
 
 
 def test_an_unknown_locale_falls_back_to_chinese() -> None:
-    assert templates.render("welcome", "fr", {"name": "x", "member_no": "M1"}) == \
-        templates.render("welcome", "zh-CN", {"name": "x", "member_no": "M1"})
+    assert templates.render("welcome", "fr", {"name": "x", "member_no": "M1"}) == templates.render(
+        "welcome", "zh-CN", {"name": "x", "member_no": "M1"}
+    )
 
 
 def test_a_chains_own_tier_keeps_the_policy_name_and_an_unknown_benefit_shows_its_code() -> None:

@@ -76,22 +76,35 @@ def test_points_are_pending_for_the_return_window() -> None:
 
 
 def test_a_refund_reverses_points_in_proportion_rounding_down() -> None:
-    assert domain.reversal_points(earned=300, amount_fen=30_000, refunded_before_fen=0, refund_fen=10_000,
-                                  reversed_before=0) == 100
-    assert domain.reversal_points(earned=199, amount_fen=19_999, refunded_before_fen=0, refund_fen=10_000,
-                                  reversed_before=0) == 99
+    assert (
+        domain.reversal_points(
+            earned=300, amount_fen=30_000, refunded_before_fen=0, refund_fen=10_000, reversed_before=0
+        )
+        == 100
+    )
+    assert (
+        domain.reversal_points(
+            earned=199, amount_fen=19_999, refunded_before_fen=0, refund_fen=10_000, reversed_before=0
+        )
+        == 99
+    )
 
 
 def test_refunds_adding_up_to_the_purchase_reverse_exactly_what_it_earned() -> None:
-    first = domain.reversal_points(earned=199, amount_fen=19_900, refunded_before_fen=0, refund_fen=9_950,
-                                   reversed_before=0)
-    second = domain.reversal_points(earned=199, amount_fen=19_900, refunded_before_fen=9_950, refund_fen=9_950,
-                                    reversed_before=first)
+    first = domain.reversal_points(
+        earned=199, amount_fen=19_900, refunded_before_fen=0, refund_fen=9_950, reversed_before=0
+    )
+    second = domain.reversal_points(
+        earned=199, amount_fen=19_900, refunded_before_fen=9_950, refund_fen=9_950, reversed_before=first
+    )
     assert (first, second) == (99, 100)
-    assert domain.reversal_points(earned=199, amount_fen=19_900, refunded_before_fen=19_900, refund_fen=500,
-                                  reversed_before=199) == 0
+    assert (
+        domain.reversal_points(
+            earned=199, amount_fen=19_900, refunded_before_fen=19_900, refund_fen=500, reversed_before=199
+        )
+        == 0
+    )
 
 
 def test_a_purchase_that_earned_nothing_reverses_nothing() -> None:
-    assert domain.reversal_points(earned=0, amount_fen=50, refunded_before_fen=0, refund_fen=50,
-                                  reversed_before=0) == 0
+    assert domain.reversal_points(earned=0, amount_fen=50, refunded_before_fen=0, refund_fen=50, reversed_before=0) == 0

@@ -93,7 +93,9 @@ def test_a_lot_on_its_last_day_can_be_redeemed_and_only_its_remainder_expires() 
     last_evening = datetime(2027, 1, 31, 15, 30, tzinfo=UTC)  # 23:30 on the last day in Shanghai
     assert [(lot.lot_id, n) for lot, n in wallet.redeem(130, last_evening)] == [("old", 100), ("spent", 30)]
     assert [(g.expires_on, g.points) for g in wallet.expiring(last_evening)] == [
-        (date(2027, 1, 31), 30), (date(2027, 2, 28), 40)]
+        (date(2027, 1, 31), 30),
+        (date(2027, 2, 28), 40),
+    ]
     next_morning = datetime(2027, 1, 31, 16, 30, tzinfo=UTC)
     assert [(lot.lot_id, n) for lot, n in wallet.expire(next_morning)] == [("spent", 30)]
     assert wallet.balance == 40
@@ -122,8 +124,11 @@ def test_points_already_expired_when_their_purchase_arrives_are_not_awarded() ->
 def test_a_late_purchase_earns_a_lot_dated_when_it_happened() -> None:
     occurred = datetime(2025, 3, 1, 4, tzinfo=UTC)
     late = lot("late", 100, occurred)
-    assert (late.earned_at, late.available_at, late.expires_on) == (occurred, occurred + timedelta(days=7),
-                                                                     date(2027, 3, 31))
+    assert (late.earned_at, late.available_at, late.expires_on) == (
+        occurred,
+        occurred + timedelta(days=7),
+        date(2027, 3, 31),
+    )
     assert late.is_available(datetime(2027, 3, 15, tzinfo=UTC), SHANGHAI)  # its return window passed long ago
 
 
@@ -135,7 +140,8 @@ def test_the_expiring_points_are_grouped_by_day_soonest_first_and_leave_out_laps
     groups = wallet.expiring(datetime(2025, 4, 1, tzinfo=UTC))
     assert [(g.expires_on, g.points) for g in groups] == [(date(2027, 1, 31), 20), (date(2027, 3, 31), 40)]
     assert [(g.expires_on, g.points) for g in wallet.expiring(datetime(2027, 2, 15, tzinfo=UTC))] == [
-        (date(2027, 3, 31), 40)]
+        (date(2027, 3, 31), 40)
+    ]
 
 
 def test_the_warning_window_runs_from_the_local_today_for_the_notice_days() -> None:
@@ -183,15 +189,18 @@ def test_the_ledger_and_lots_stay_consistent_for_any_sequence_of_changes(ops: li
                 continue  # no lot, nothing to reverse later
             lot_id = f"lot{n}"
             wallet.credit(domain.new_lot(lot_id, points, occurred, policy, SHANGHAI, purchase_id=f"p{n}"))
-            purchases.append({"lot": lot_id, "earned": points, "amount": points * 100, "refunded": 0,
-                              "reversed": 0})
+            purchases.append({"lot": lot_id, "earned": points, "amount": points * 100, "refunded": 0, "reversed": 0})
             deltas.append(points)
         elif kind == "refund" and purchases:
             p = purchases[op[1] % len(purchases)]
             fen = min(p["amount"] - p["refunded"], p["amount"] * op[2] // 100)
-            points = domain.reversal_points(earned=p["earned"], amount_fen=p["amount"],
-                                            refunded_before_fen=p["refunded"], refund_fen=fen,
-                                            reversed_before=p["reversed"])
+            points = domain.reversal_points(
+                earned=p["earned"],
+                amount_fen=p["amount"],
+                refunded_before_fen=p["refunded"],
+                refund_fen=fen,
+                reversed_before=p["reversed"],
+            )
             p["refunded"] += fen
             p["reversed"] += points
             assert p["reversed"] <= p["earned"]
@@ -208,13 +217,15 @@ def test_the_ledger_and_lots_stay_consistent_for_any_sequence_of_changes(ops: li
             assert sum(n for _, n in taken) == op[1]
             # soonest-expiring first: every available lot still holding points sorts after all it took
             left = [lot for lot in wallet.lots if lot.lot_id in usable and lot.remaining > 0]
-            assert all(t.expires_on <= lot.expires_on for t, _ in taken for lot in left), \
+            assert all(t.expires_on <= lot.expires_on for t, _ in taken for lot in left), (
                 "skipped a sooner-expiring lot"
+            )
             deltas.append(-op[1])
         elif kind == "adjust":
             if op[1] > 0:
-                wallet.credit(domain.new_lot(f"adj{n}", op[1], now, DEFAULT_POLICY, SHANGHAI, qualifying=False,
-                                             pending=False))
+                wallet.credit(
+                    domain.new_lot(f"adj{n}", op[1], now, DEFAULT_POLICY, SHANGHAI, qualifying=False, pending=False)
+                )
             else:
                 wallet.debit(-op[1])
             deltas.append(op[1])
@@ -241,12 +252,15 @@ def test_the_ledger_and_lots_stay_consistent_for_any_sequence_of_changes(ops: li
         assert sum(n for _, n in schedule) == wallet.pending(now) and all(at > now for at, _ in schedule)
         if schedule:
             later = schedule[-1][0]
-            unexpired = [lot for lot in wallet.lots if lot.is_pending(now, SHANGHAI)
-                         and not lot.is_expired(later, SHANGHAI)]
+            unexpired = [
+                lot for lot in wallet.lots if lot.is_pending(now, SHANGHAI) and not lot.is_expired(later, SHANGHAI)
+            ]
             if len(unexpired) == len([lot for lot in wallet.lots if lot.is_pending(now, SHANGHAI)]):
                 assert wallet.available(later) == wallet.available(now) + wallet.pending(now) - sum(
-                    lot.remaining for lot in wallet.lots if lot.is_available(now, SHANGHAI)
-                    and lot.is_expired(later, SHANGHAI))
+                    lot.remaining
+                    for lot in wallet.lots
+                    if lot.is_available(now, SHANGHAI) and lot.is_expired(later, SHANGHAI)
+                )
 
 
 def test_add_months_clamps_to_the_end_of_a_shorter_month() -> None:

@@ -66,17 +66,34 @@ def now() -> datetime:
 
 
 def enrolment(chain: Chain, member_id: str, enrolled_at: datetime | None = None) -> CloudEvent:
-    return new_event(MemberEnrolled(
-        member_id=member_id, member_no=f"M-{member_id[:6]}", home_clinic_id="clinic-1", source="walk_in",
-        birthday="1990-06-15", enrolled_at=enrolled_at or now()), member_id=member_id, chain_id=chain.chain_id)
+    return new_event(
+        MemberEnrolled(
+            member_id=member_id,
+            member_no=f"M-{member_id[:6]}",
+            home_clinic_id="clinic-1",
+            source="walk_in",
+            birthday="1990-06-15",
+            enrolled_at=enrolled_at or now(),
+        ),
+        member_id=member_id,
+        chain_id=chain.chain_id,
+    )
 
 
 def purchase(chain: Chain, member_id: str, amount_fen: int, occurred_at: datetime | None = None) -> CloudEvent:
-    return new_event(PurchaseRecorded(
-        purchase_id=str(uuid.uuid4()), pos_txn_id=f"txn-{uuid.uuid4()}", clinic_id="clinic-1", member_id=member_id,
-        amount_fen=amount_fen, occurred_at=occurred_at or now(),
-        items=[PurchaseItem(sku="thermage", category="skin_care", amount_fen=amount_fen, qty=1)],
-    ), member_id=member_id, chain_id=chain.chain_id)
+    return new_event(
+        PurchaseRecorded(
+            purchase_id=str(uuid.uuid4()),
+            pos_txn_id=f"txn-{uuid.uuid4()}",
+            clinic_id="clinic-1",
+            member_id=member_id,
+            amount_fen=amount_fen,
+            occurred_at=occurred_at or now(),
+            items=[PurchaseItem(sku="thermage", category="skin_care", amount_fen=amount_fen, qty=1)],
+        ),
+        member_id=member_id,
+        chain_id=chain.chain_id,
+    )
 
 
 def tier(api: Api, chain: Chain, member_id: str) -> dict[str, Any]:
@@ -101,8 +118,9 @@ def history(api: Api, chain: Chain, member_id: str) -> list[dict[str, Any]]:
     return r.json()["items"]
 
 
-def member_with_spend(api: Api, stack: Any, chain: Chain, spend_fen: int, code: str,
-                      occurred_at: datetime | None = None) -> str:
+def member_with_spend(
+    api: Api, stack: Any, chain: Chain, spend_fen: int, code: str, occurred_at: datetime | None = None
+) -> str:
     """A member of ``chain`` who spent ``spend_fen`` (at ``occurred_at``) and now holds ``code``."""
     member_id = str(uuid.uuid4())
     events = [enrolment(chain, member_id)]
@@ -125,9 +143,15 @@ def counts(run: dict[str, Any]) -> tuple[int, int, int, int]:
 
 def published(bootstrap: str, subject: str, event_type: str) -> list[CloudEvent]:
     """Everything tiering published about ``subject`` of one type so far, read from the topic's start."""
+
     async def read() -> list[CloudEvent]:
-        consumer = AIOKafkaConsumer(topic_of("tiering"), bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic_of("tiering"),
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         try:
             found: list[CloudEvent] = []
@@ -151,6 +175,7 @@ def explain(api: Api, chain: Chain, member_id: str, as_of: datetime | None = Non
 
 def counted_by(api: Api, chain: Chain, member_id: str, as_of: datetime, spend_fen: int) -> None:
     """Wait until tiering has recorded the member's facts: ``spend_fen`` in the window ending at ``as_of``."""
+
     def check() -> bool:
         r = explain(api, chain, member_id, as_of)
         assert r.status_code == 200 and r.json()["evidence"]["spend_fen"] == spend_fen, r.text
@@ -163,7 +188,8 @@ def counted_by(api: Api, chain: Chain, member_id: str, as_of: datetime, spend_fe
 
 
 def test_a_review_drops_a_diamond_member_who_qualifies_for_nothing_only_to_gold_and_the_next_one_to_silver(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     member_id = member_with_spend(api, stack, chain, DIAMOND, "diamond")
     first_review = at(tier(api, chain, member_id))
 
@@ -173,18 +199,26 @@ def test_a_review_drops_a_diamond_member_who_qualifies_for_nothing_only_to_gold_
     after = tier(api, chain, member_id)
     assert (after["code"], at(after)) == ("gold", add_months(first_review, 12))
     last = history(api, chain, member_id)[-1]
-    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == ("diamond", "gold", "down",
-                                                                                       "review")
+    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == (
+        "diamond",
+        "gold",
+        "down",
+        "review",
+    )
 
     run = run_reviews(api, chain, at(after) + timedelta(minutes=1))
     assert counts(run) == (1, 0, 1, 0)
     assert tier(api, chain, member_id)["code"] == "silver"
     assert [(h["to_tier"], h["reason"]) for h in history(api, chain, member_id)] == [
-        ("diamond", "qualified"), ("gold", "review"), ("silver", "review")]
+        ("diamond", "qualified"),
+        ("gold", "review"),
+        ("silver", "review"),
+    ]
 
 
 def test_a_review_with_no_change_moves_review_at_and_publishes_tier_changed_with_direction_none(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     member_id = member_with_spend(api, stack, chain, SILVER, "silver")
     review = at(tier(api, chain, member_id))
     # the member keeps spending: as of the review they still qualify for silver
@@ -196,12 +230,15 @@ def test_a_review_with_no_change_moves_review_at_and_publishes_tier_changed_with
     after = tier(api, chain, member_id)
     assert (after["code"], at(after)) == ("silver", add_months(review, 12))
     last = history(api, chain, member_id)[-1]
-    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == ("silver", "silver", "none",
-                                                                                       "review")
+    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == (
+        "silver",
+        "silver",
+        "none",
+        "review",
+    )
 
     def reviews_published() -> list[CloudEvent]:
-        return [e for e in published(stack.broker.bootstrap, member_id, "TierChanged")
-                if e.data.reason == "review"]  # type: ignore[attr-defined]
+        return [e for e in published(stack.broker.bootstrap, member_id, "TierChanged") if e.data.reason == "review"]  # type: ignore[attr-defined]
 
     # an empty topic at first is the relay's lag, not a failure (a bare unpacking would raise ValueError,
     # which eventually does not retry); exactly one once everything is published
@@ -209,7 +246,10 @@ def test_a_review_with_no_change_moves_review_at_and_publishes_tier_changed_with
     stack.wait_settled()
     [event] = reviews_published()
     assert (event.data.direction, event.data.to_tier, event.data.review_at) == (  # type: ignore[attr-defined]
-        "none", "silver", add_months(review, 12))
+        "none",
+        "silver",
+        add_months(review, 12),
+    )
 
 
 def test_reviews_are_not_run_before_review_at(api: Api, stack: Any, chain: Chain) -> None:
@@ -221,8 +261,7 @@ def test_reviews_are_not_run_before_review_at(api: Api, stack: Any, chain: Chain
     assert len(history(api, chain, member_id)) == 1
 
 
-def test_reviews_run_only_for_the_callers_chain_and_only_ops_may_run_them(
-        api: Api, stack: Any, chain: Chain) -> None:
+def test_reviews_run_only_for_the_callers_chain_and_only_ops_may_run_them(api: Api, stack: Any, chain: Chain) -> None:
     member_id = member_with_spend(api, stack, chain, SILVER, "silver")
     is_problem(api.post("tiering", "/v1/reviews/run", {}, key=chain.app), 403)
     is_problem(api.post("tiering", "/v1/reviews/run", {"as_of": "2027-01-01T00:00:00"}, key=chain.ops), 422)
@@ -242,7 +281,8 @@ def override(api: Api, chain: Chain, member_id: str, body: dict[str, Any]) -> An
 
 
 def test_an_override_with_until_holds_through_a_review_and_afterwards_the_member_returns_to_the_qualified_tier(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     member_id = member_with_spend(api, stack, chain, 0, "member")
     until = now() + timedelta(days=400)
     r = override(api, chain, member_id, {"to_tier": "gold", "reason": "complaint settled", "until": until.isoformat()})
@@ -252,7 +292,12 @@ def test_an_override_with_until_holds_through_a_review_and_afterwards_the_member
     review = at(doc)
     [change] = history(api, chain, member_id)
     assert (change["from_tier"], change["to_tier"], change["direction"], change["reason"], change["note"]) == (
-        "member", "gold", "up", "override", "complaint settled")
+        "member",
+        "gold",
+        "up",
+        "override",
+        "complaint settled",
+    )
     # by the time the override ends, the member has spent enough for silver
     publish_events(stack.broker.bootstrap, [purchase(chain, member_id, SILVER, until - timedelta(days=20))])
     counted_by(api, chain, member_id, until, SILVER)
@@ -266,13 +311,18 @@ def test_an_override_with_until_holds_through_a_review_and_afterwards_the_member
     doc = tier(api, chain, member_id)
     assert (doc["code"], doc["override"]) == ("silver", None)
     last = history(api, chain, member_id)[-1]
-    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == ("gold", "silver", "down",
-                                                                                       "review")
+    assert (last["from_tier"], last["to_tier"], last["direction"], last["reason"]) == (
+        "gold",
+        "silver",
+        "down",
+        "review",
+    )
     assert counts(run_reviews(api, chain, until + timedelta(minutes=2))) == (0, 0, 0, 0)
 
 
 def test_an_override_without_until_or_qualifying_history_lasts_until_the_next_review_only(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     member_id = member_with_spend(api, stack, chain, 0, "member")
     r = override(api, chain, member_id, {"to_tier": "diamond", "reason": "founding patron"})
     assert r.status_code == 200, r.text
@@ -281,7 +331,10 @@ def test_an_override_without_until_or_qualifying_history_lasts_until_the_next_re
     # `or None`: an empty topic (the relay's lag) is retried, where [0] would raise IndexError at once
     event = eventually(lambda: published(stack.broker.bootstrap, member_id, "TierChanged") or None, timeout=20)[0]
     assert (event.data.reason, event.data.direction, event.data.to_tier) == (  # type: ignore[attr-defined]
-        "override", "up", "diamond")
+        "override",
+        "up",
+        "diamond",
+    )
 
     run = run_reviews(api, chain, at(doc) + timedelta(minutes=1))  # no floor any more: one step down
     assert counts(run) == (1, 0, 1, 0)
@@ -295,8 +348,12 @@ def test_an_override_needs_a_known_tier_a_reason_and_a_future_until(api: Api, st
     is_problem(override(api, chain, member_id, {"to_tier": "gold"}), 422)
     past = (now() - timedelta(days=1)).isoformat()
     is_problem(override(api, chain, member_id, {"to_tier": "gold", "reason": "vip", "until": past}), 422)
-    is_problem(api.post("tiering", f"/v1/members/{member_id}/tier/override", {"to_tier": "gold", "reason": "vip"},
-                        key=chain.app), 403)
+    is_problem(
+        api.post(
+            "tiering", f"/v1/members/{member_id}/tier/override", {"to_tier": "gold", "reason": "vip"}, key=chain.app
+        ),
+        403,
+    )
     is_problem(override(api, chain, str(uuid.uuid4()), {"to_tier": "gold", "reason": "vip"}), 404)
     assert tier(api, chain, member_id)["code"] == "member"
     assert history(api, chain, member_id) == []
@@ -329,12 +386,16 @@ def test_a_policy_put_publishes_policy_changed_for_the_chain(api: Api, stack: An
     stack.wait_settled()
     [event] = policy_changed()
     assert (event.chainid, event.data.version, event.data.policy["review_months"]) == (  # type: ignore[attr-defined]
-        chain.chain_id, 2, 6)
+        chain.chain_id,
+        2,
+        6,
+    )
     assert api.get("tiering", "/v1/policy/versions/1", key=chain.ops).json()["review_months"] == 12
 
 
 def test_a_policy_put_with_thresholds_out_of_order_is_rejected_and_publishes_nothing(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     before = policy(api, chain)
     is_problem(api.put("tiering", "/v1/policy", with_thresholds(before, gold=SILVER - 1), key=chain.ops), 422)
     assert policy(api, chain) == before
@@ -363,27 +424,35 @@ def test_simulate_counts_a_known_set_of_members_and_changes_nothing(api: Api, st
     assert doc["proposed"] == {"member": 2, "silver": 0, "gold": 1, "diamond": 0}
     assert doc["moves"] == {"up": 0, "down": 1, "unchanged": 2}
     # three birthday vouchers, plus 5% of 60,000 yuan (silver) and 15% of 160,000 yuan (gold)
-    assert doc["yearly_benefit_cost_fen"] == {"current": 300_000 + 300_000 + 2_400_000,
-                                              "proposed": 300_000 + 2_400_000}
+    assert doc["yearly_benefit_cost_fen"] == {"current": 300_000 + 300_000 + 2_400_000, "proposed": 300_000 + 2_400_000}
     assert policy(api, chain) == current
     assert {m: (tier(api, chain, m), history(api, chain, m)) for m in members.values()} == before
-    is_problem(api.post("tiering", "/v1/policy/simulate",
-                        {"policy": with_thresholds(current, gold=1)}, key=chain.ops), 422)
+    is_problem(
+        api.post("tiering", "/v1/policy/simulate", {"policy": with_thresholds(current, gold=1)}, key=chain.ops), 422
+    )
     is_problem(api.post("tiering", "/v1/policy/simulate", {"policy": proposal}, key=chain.app), 403)
 
 
 def test_recalculate_moves_exactly_the_members_the_new_policy_qualifies_differently_and_reports_progress(
-        api: Api, stack: Any, chain: Chain) -> None:
-    members = {**known_members(api, stack, chain),
-               "member_to_silver": member_with_spend(api, stack, chain, 3_000_000, "member"),
-               "diamond": member_with_spend(api, stack, chain, 31_000_000, "diamond")}
+    api: Api, stack: Any, chain: Chain
+) -> None:
+    members = {
+        **known_members(api, stack, chain),
+        "member_to_silver": member_with_spend(api, stack, chain, 3_000_000, "member"),
+        "diamond": member_with_spend(api, stack, chain, 31_000_000, "diamond"),
+    }
     new = with_thresholds(policy(api, chain), silver=2_500_000, gold=40_000_000, diamond=100_000_000)
     r = api.put("tiering", "/v1/policy", new, key=chain.ops)
     assert r.status_code == 200, r.text
     version = r.json()["version"]
     # the PUT alone moves nobody
     assert {k: tier(api, chain, m)["code"] for k, m in members.items()} == {
-        "silver": "silver", "member": "member", "gold": "gold", "member_to_silver": "member", "diamond": "diamond"}
+        "silver": "silver",
+        "member": "member",
+        "gold": "gold",
+        "member_to_silver": "member",
+        "diamond": "diamond",
+    }
 
     r = api.post("tiering", "/v1/policy/recalculate", key=chain.ops)
     assert r.status_code == 202, r.text
@@ -400,7 +469,12 @@ def test_recalculate_moves_exactly_the_members_the_new_policy_qualifies_differen
     assert job["finished_at"] is not None
     # no one-step limit: the new policy applies exactly as written
     assert {k: tier(api, chain, m)["code"] for k, m in members.items()} == {
-        "silver": "silver", "member": "member", "gold": "silver", "member_to_silver": "silver", "diamond": "silver"}
+        "silver": "silver",
+        "member": "member",
+        "gold": "silver",
+        "member_to_silver": "silver",
+        "diamond": "silver",
+    }
     for key in ("gold", "member_to_silver", "diamond"):
         last = history(api, chain, members[key])[-1]
         assert (last["reason"], last["to_tier"], last["policy_version"]) == ("recalculation", "silver", version)
@@ -415,10 +489,16 @@ def test_recalculate_moves_exactly_the_members_the_new_policy_qualifies_differen
 
 
 def test_explain_before_and_after_an_upgrade_shows_the_tier_and_the_evidence_of_that_time(
-        api: Api, stack: Any, chain: Chain) -> None:
+    api: Api, stack: Any, chain: Chain
+) -> None:
     member_id = str(uuid.uuid4())
-    publish_events(stack.broker.bootstrap, [enrolment(chain, member_id, now() - timedelta(days=30)),
-                                            purchase(chain, member_id, 3_000_000, now() - timedelta(days=10))])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            enrolment(chain, member_id, now() - timedelta(days=30)),
+            purchase(chain, member_id, 3_000_000, now() - timedelta(days=10)),
+        ],
+    )
     tier_when(api, chain, member_id, "member", 3_000_000)
     publish_events(stack.broker.bootstrap, [purchase(chain, member_id, 2_000_000, now() - timedelta(days=5))])
     upgraded = tier_when(api, chain, member_id, "silver", 5_000_000)
@@ -427,20 +507,29 @@ def test_explain_before_and_after_an_upgrade_shows_the_tier_and_the_evidence_of_
     assert r.status_code == 200, r.text
     before = r.json()
     assert (before["tier"]["code"], before["qualifies_for"], before["last_change"], before["policy_version"]) == (
-        "member", "member", None, 1)
+        "member",
+        "member",
+        None,
+        1,
+    )
     assert (before["evidence"]["spend_fen"], before["evidence"]["points"]) == (3_000_000, 0)
     assert [(t["code"], t["spend_fen"]) for t in before["thresholds"]] == [
-        (t.code, t.spend_fen) for t in DEFAULT_POLICY.tiers]
+        (t.code, t.spend_fen) for t in DEFAULT_POLICY.tiers
+    ]
     assert at(before["evidence"], "window_end") - at(before["evidence"], "window_start") == timedelta(days=365)
 
     after = explain(api, chain, member_id).json()
     assert (after["tier"], after["qualifies_for"]) == ({"code": "silver", "name": "银卡会员"}, "silver")
     assert (after["evidence"]["spend_fen"], at(after)) == (5_000_000, at(upgraded))
     assert {k: after["last_change"][k] for k in ("from_tier", "to_tier", "reason")} == {
-        "from_tier": "member", "to_tier": "silver", "reason": "qualified"}
+        "from_tier": "member",
+        "to_tier": "silver",
+        "reason": "qualified",
+    }
     assert at(after["last_change"], "effective_at") == at(upgraded, "since")
 
     is_problem(explain(api, chain, member_id, now() - timedelta(days=40)), 422)
-    is_problem(api.get("tiering", f"/v1/members/{member_id}/tier/explain", key=chain.app,
-                       params={"as_of": "yesterday"}), 422)
+    is_problem(
+        api.get("tiering", f"/v1/members/{member_id}/tier/explain", key=chain.app, params={"as_of": "yesterday"}), 422
+    )
     is_problem(api.get("tiering", f"/v1/members/{member_id}/tier/explain", key=APP), 404)

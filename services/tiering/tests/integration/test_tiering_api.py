@@ -31,6 +31,7 @@ OTHER_CHAIN = "tiering-test-chain"
 @pytest.fixture(scope="module")
 def other_ops(stack: Any) -> str:
     """An ops key of a second chain: policy changes there cannot disturb the demo chain's tests."""
+
     async def go() -> str:
         engine = create_async_engine(stack.settings().database_url)
         try:
@@ -56,6 +57,7 @@ def history(api: Api, member_id: str) -> list[dict[str, Any]]:
 
 def tier_when(api: Api, member_id: str, **expected: Any) -> dict[str, Any]:
     """Poll the member's tier until the top-level or progress fields have the expected values."""
+
     def check() -> dict[str, Any]:
         doc = tier(api, member_id)
         seen = {k: doc["progress"][k] if k in doc["progress"] else doc[k] for k in expected}
@@ -71,12 +73,27 @@ def enrolled(api: Api) -> str:
     return member_id
 
 
-def points_changed(member_id: str, delta: int, *, qualifying: bool = True, entry_type: str = "earn",
-                   occurred_at: datetime | None = None) -> Any:
-    return new_event(PointsChanged(
-        entry_id=str(uuid.uuid4()), delta=delta, balance=delta, entry_type=entry_type,  # type: ignore[arg-type]
-        reason="test", qualifying=qualifying, occurred_at=occurred_at or datetime.now(UTC),
-    ), member_id=member_id, chain_id=CHAIN)
+def points_changed(
+    member_id: str,
+    delta: int,
+    *,
+    qualifying: bool = True,
+    entry_type: str = "earn",
+    occurred_at: datetime | None = None,
+) -> Any:
+    return new_event(
+        PointsChanged(
+            entry_id=str(uuid.uuid4()),
+            delta=delta,
+            balance=delta,
+            entry_type=entry_type,  # type: ignore[arg-type]
+            reason="test",
+            qualifying=qualifying,
+            occurred_at=occurred_at or datetime.now(UTC),
+        ),
+        member_id=member_id,
+        chain_id=CHAIN,
+    )
 
 
 def test_spend_crossing_50000_yuan_upgrades_to_silver_with_a_review_a_year_later(api: Api) -> None:
@@ -93,14 +110,21 @@ def test_spend_crossing_50000_yuan_upgrades_to_silver_with_a_review_a_year_later
     assert doc["policy_version"] == policy_version
     [change] = history(api, member_id)
     assert {k: change[k] for k in ("from_tier", "to_tier", "direction", "reason", "policy_version")} == {
-        "from_tier": "member", "to_tier": "silver", "direction": "up", "reason": "qualified",
-        "policy_version": policy_version}
+        "from_tier": "member",
+        "to_tier": "silver",
+        "direction": "up",
+        "reason": "qualified",
+        "policy_version": policy_version,
+    }
     assert datetime.fromisoformat(change["effective_at"]) == since
 
     def status_shows_silver() -> bool:  # TierChanged and TierProgressChanged reached the status view
         status = api.get("enrollment", f"/v1/members/{member_id}/status", key=APP).json()
         assert (status["tier"]["code"], status["progress"]["next_tier"], status["progress"]["spend_fen"]) == (
-            "silver", "gold", 5_000_000)
+            "silver",
+            "gold",
+            5_000_000,
+        )
         return True
 
     eventually(status_shows_silver, timeout=20)
@@ -122,10 +146,13 @@ def test_qualifying_points_crossing_50000_upgrade_to_silver(api: Api, stack: Any
 
 def test_adjustments_and_other_non_qualifying_points_do_not_count(api: Api, stack: Any) -> None:
     member_id = enrolled(api)
-    publish_events(stack.broker.bootstrap, [
-        points_changed(member_id, 60_000, qualifying=False, entry_type="adjust"),
-        points_changed(member_id, 10),  # same partition, after the adjustment: seen once it is counted
-    ])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            points_changed(member_id, 60_000, qualifying=False, entry_type="adjust"),
+            points_changed(member_id, 10),  # same partition, after the adjustment: seen once it is counted
+        ],
+    )
     tier_when(api, member_id, code="member", points=10, points_needed=49_990)
     assert history(api, member_id) == []
 
@@ -149,10 +176,13 @@ def test_a_purchase_400_days_ago_is_outside_the_qualification_window(api: Api) -
 
 def test_points_earned_400_days_ago_are_outside_the_qualification_window(api: Api, stack: Any) -> None:
     member_id = enrolled(api)
-    publish_events(stack.broker.bootstrap, [
-        points_changed(member_id, 80_000, occurred_at=datetime.now(UTC) - timedelta(days=400)),
-        points_changed(member_id, 3),
-    ])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            points_changed(member_id, 80_000, occurred_at=datetime.now(UTC) - timedelta(days=400)),
+            points_changed(member_id, 3),
+        ],
+    )
     tier_when(api, member_id, code="member", points=3)
 
 
@@ -160,21 +190,49 @@ def test_a_refund_below_the_threshold_does_not_downgrade(api: Api, stack: Any) -
     member_id = enrolled(api)
     purchase_id = api.purchase(member_id, 5_000_000)["purchase_id"]
     tier_when(api, member_id, code="silver")
-    publish_events(stack.broker.bootstrap, [new_event(PurchaseRefunded(
-        purchase_id=purchase_id, refund_id="r-1", amount_fen=1_000_000, occurred_at=datetime.now(UTC),
-        member_id=member_id), member_id=member_id, chain_id=CHAIN)])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            new_event(
+                PurchaseRefunded(
+                    purchase_id=purchase_id,
+                    refund_id="r-1",
+                    amount_fen=1_000_000,
+                    occurred_at=datetime.now(UTC),
+                    member_id=member_id,
+                ),
+                member_id=member_id,
+                chain_id=CHAIN,
+            )
+        ],
+    )
     tier_when(api, member_id, code="silver", spend_fen=4_000_000, spend_needed_fen=11_000_000)
     assert len(history(api, member_id)) == 1
 
 
 def test_points_arriving_before_the_enrolment_still_upgrade_and_the_enrolment_keeps_the_tier(
-        api: Api, stack: Any) -> None:
+    api: Api, stack: Any
+) -> None:
     member_id = str(uuid.uuid4())
     publish_events(stack.broker.bootstrap, [points_changed(member_id, 50_000)])
     tier_when(api, member_id, code="silver")
-    publish_events(stack.broker.bootstrap, [new_event(MemberEnrolled(
-        member_id=member_id, member_no="M-late", home_clinic_id="clinic-1", source="walk_in",
-        birthday="1990-01-01", enrolled_at=datetime.now(UTC)), member_id=member_id, chain_id=CHAIN)])
+    publish_events(
+        stack.broker.bootstrap,
+        [
+            new_event(
+                MemberEnrolled(
+                    member_id=member_id,
+                    member_no="M-late",
+                    home_clinic_id="clinic-1",
+                    source="walk_in",
+                    birthday="1990-01-01",
+                    enrolled_at=datetime.now(UTC),
+                ),
+                member_id=member_id,
+                chain_id=CHAIN,
+            )
+        ],
+    )
     publish_events(stack.broker.bootstrap, [points_changed(member_id, 1)])
     # the enrolment is on enrollment's topic, the marker on points': the marker being counted says
     # nothing of the enrolment. Only once both are consumed does "keeps the tier" mean anything.
@@ -211,8 +269,11 @@ def test_a_policy_with_thresholds_out_of_order_is_rejected_and_the_version_stays
 def test_a_policy_dropping_a_tier_members_hold_is_a_conflict(api: Api) -> None:
     enrolled(api)  # someone in the demo chain holds "member"
     current = api.get("tiering", "/v1/policy", key=OPS).json()
-    renamed = {**current, "tiers": [{**current["tiers"][0], "code": "basic"}, *current["tiers"][1:]],
-               "benefits": {("basic" if k == "member" else k): v for k, v in current["benefits"].items()}}
+    renamed = {
+        **current,
+        "tiers": [{**current["tiers"][0], "code": "basic"}, *current["tiers"][1:]],
+        "benefits": {("basic" if k == "member" else k): v for k, v in current["benefits"].items()},
+    }
     is_problem(api.put("tiering", "/v1/policy", renamed, key=OPS), 409)
     assert api.get("tiering", "/v1/policy", key=OPS).json()["version"] == current["version"]
 

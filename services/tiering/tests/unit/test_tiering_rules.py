@@ -55,7 +55,12 @@ def test_a_refund_below_the_threshold_lowers_the_qualified_tier_but_is_no_upgrad
 def test_progress_measures_against_the_next_tier_above_the_current_one() -> None:
     p = progress(P, "member", 1_000_000, 20_000)
     assert (p.next_tier, p.spend_fen, p.spend_needed_fen, p.points, p.points_needed) == (
-        "silver", 1_000_000, 4_000_000, 20_000, 30_000)
+        "silver",
+        1_000_000,
+        4_000_000,
+        20_000,
+        30_000,
+    )
 
 
 def test_progress_needs_nothing_once_a_threshold_is_passed() -> None:
@@ -85,10 +90,15 @@ def test_review_months_are_counted_in_the_chain_time_zone() -> None:
     assert review_at(taken, 1, ZoneInfo("UTC")) == datetime(2024, 4, 30, 20, 0, tzinfo=UTC)
 
 
-@given(spend=st.integers(-10**9, 10**11), points=st.integers(-10**6, 10**7),
-       more_spend=st.integers(0, 10**9), more_points=st.integers(0, 10**6))
-def test_more_spend_or_points_never_qualifies_for_a_lower_tier(spend: int, points: int, more_spend: int,
-                                                               more_points: int) -> None:
+@given(
+    spend=st.integers(-(10**9), 10**11),
+    points=st.integers(-(10**6), 10**7),
+    more_spend=st.integers(0, 10**9),
+    more_points=st.integers(0, 10**6),
+)
+def test_more_spend_or_points_never_qualifies_for_a_lower_tier(
+    spend: int, points: int, more_spend: int, more_points: int
+) -> None:
     before = qualified_tier(P, spend, points)
     after = qualified_tier(P, spend + more_spend, points + more_points)
     assert not is_upgrade(P, after, before)
@@ -102,8 +112,9 @@ def test_a_member_at_their_qualified_tier_needs_something_more_for_the_next(spen
 
 
 @given(days=st.integers(0, 3650), hour=st.integers(0, 23), months=st.integers(1, 120))
-def test_a_review_is_always_after_the_change_and_within_the_months_plus_a_few_days(days: int, hour: int,
-                                                                                  months: int) -> None:
+def test_a_review_is_always_after_the_change_and_within_the_months_plus_a_few_days(
+    days: int, hour: int, months: int
+) -> None:
     taken = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=days, hours=hour)
     review = review_at(taken, months)
     assert taken + timedelta(days=28 * months - 3) <= review <= taken + timedelta(days=31 * months)
