@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -42,7 +43,8 @@ class ServiceContext:
 
 
 def get_ctx(request: Request) -> ServiceContext:
-    return request.app.state.ctx
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
 
 
 CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
@@ -65,6 +67,13 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+#: the keys a route accepts, named once for every service (``ops`` may do everything)
+PosKey = Annotated[Principal, Depends(require("pos"))]
+AppKey = Annotated[Principal, Depends(require("app"))]
+OpsKey = Annotated[Principal, Depends(require("ops"))]
+PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
 
 
 def same_chain(principal: Principal, chain_id: str | None, what: str = "member") -> None:
@@ -129,6 +138,32 @@ async def idempotent(
     return JSONResponse(doc, status_code=status)
 
 
+Result = BaseModel | tuple[int, BaseModel]
+
+
+async def idempotent_command(
+    ctx: ServiceContext,
+    principal: Principal,
+    *,
+    scope: str,
+    key: str | None,
+    body: Any,
+    status: int = 200,
+    run: Callable[[UnitOfWork], Awaitable[Result]],
+) -> JSONResponse:
+    """A route's whole write: one unit of work (correlated with the request) in which ``run`` happens
+    once per Idempotency-Key (see :func:`idempotent`). ``run`` returns the response model, answered
+    with ``status``, or ``(status, model)`` when the status depends on the outcome (200 for a repeat)."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+
+        async def action() -> tuple[int, Any]:
+            result = await run(uow)
+            code, model = result if isinstance(result, tuple) else (status, result)
+            return code, model.model_dump(mode="json")
+
+        return await idempotent(uow, principal, scope=scope, key=key, body=body, action=action)
+
+
 def _broker_reachable(bootstrap: str) -> bool:
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
@@ -142,7 +177,7 @@ def _broker_reachable(bootstrap: str) -> bool:
 
 def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: str, description: str = "") -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await ctx.db.dispose()
 

@@ -1,6 +1,7 @@
 """The idempotent consumer runner, written once for every service.
 
-A service gives it ``handlers``: ``{EventDataClass: async def handler(event, uow)}``.
+A service gives it ``handlers``, built by :func:`handlers` from functions whose signature
+says which event they take: ``async def on_x(event: CloudEvent[X], uow: Unit) -> None``.
 The runner:
 
 * reads batches with ``getmany``; all of a batch's events are applied in ONE
@@ -9,7 +10,9 @@ The runner:
   before, so a redelivered event changes nothing;
 * commits Kafka offsets only after that transaction commits (at-least-once
   delivery, exactly-once effects);
-* sends undecodable or invalid messages, and events whose handler keeps failing
+* decodes only the types it has a handler for; another type is skipped and counted
+  (``events_skipped_total``: a newer producer may add types), never dead-lettered;
+* sends undecodable or invalid messages of a type it handles, and events whose handler keeps failing
   (``consumer_max_attempts``), to ``<topic>.dlq`` with the error and the original
   topic/partition/offset, then moves on;
 * on a handler failure, retries the batch one event per transaction so a poison
@@ -22,10 +25,12 @@ The runner:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -33,17 +38,52 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .db import Database, UnitOfWork
-from .events import CloudEvent, EventData, UndecodableEvent, UnknownEventType, decode, dlq_of, topic_of
+from .events import (
+    EVENT_TYPES,
+    CloudEvent,
+    EventData,
+    UndecodableEvent,
+    decode,
+    dlq_of,
+    parse,
+    peek_type,
+    topic_of,
+)
 from .observability import correlation_scope, metrics
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
+#: ``async def on_x(event: CloudEvent[X], uow: Unit) -> None`` (the uow is Any here so that a handler
+#: needing the SQL unit of work, like PolicyStore.on_policy_changed, may say so)
+Handler = Callable[[CloudEvent[Any], Any], Awaitable[None]]
 Handlers = dict[type[EventData], Handler]
 #: called once per batch, in its transaction, with the events about to be handled: a service
 #: loads (and locks) in a few set-based queries what its handlers would otherwise read one
-#: event at a time, and leaves it in ``uow.memo`` for them
-Prepare = Callable[[list[CloudEvent], UnitOfWork], Awaitable[None]]
+#: event at a time, and leaves it in its typed batch context (``uow.state(Batch)``) for them
+Prepare = Callable[[list[CloudEvent[Any]], UnitOfWork], Awaitable[None]]
+
+
+def event_type_of(handler: Handler) -> type[EventData]:
+    """The event type a handler takes, read from its first parameter's annotation ``CloudEvent[X]``."""
+    params = list(inspect.signature(handler, eval_str=True).parameters.values())
+    annotation = params[0].annotation if params else None
+    args = getattr(annotation, "__pydantic_generic_metadata__", {}).get("args", ())
+    if len(args) != 1 or not (isinstance(args[0], type) and issubclass(args[0], EventData)):
+        raise TypeError(f"{handler.__qualname__}: annotate its event parameter as CloudEvent[<event type>]")
+    return args[0]
+
+
+def handlers(*functions: Handler) -> Handlers:
+    """The consumer's handler table, keyed by the event type each function's signature names;
+    two handlers of one type are a mistake, not an override."""
+    table: Handlers = {}
+    for fn in functions:
+        event_type = event_type_of(fn)
+        if event_type in table:
+            raise TypeError(f"two handlers take {event_type.__name__}")
+        table[event_type] = fn
+    return table
+
 
 TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 
@@ -63,7 +103,7 @@ def is_transient(exc: BaseException) -> bool:
 @dataclass
 class Delivery:
     record: ConsumerRecord
-    event: CloudEvent | None = None
+    event: CloudEvent[Any] | None = None
     error: str | None = None
 
 
@@ -93,6 +133,7 @@ class ConsumerRunner:
         self.service = service
         self.db = db
         self.handlers = handlers
+        self.types = {cls.__name__: cls for cls in handlers}
         self.prepare = prepare
         self.lag: dict[TopicPartition, int] = {}
         self.producer = producer
@@ -165,7 +206,7 @@ class ConsumerRunner:
         started = time.perf_counter()
         deliveries = [self._decode(r) for r in records]
         dead = [d for d in deliveries if d.error is not None]
-        todo = [d for d in deliveries if d.event is not None and type(d.event.data) in self.handlers]
+        todo = [d for d in deliveries if d.event is not None]
         backoff = self.settings.consumer_retry_backoff_seconds
         while todo and not stop.is_set():
             try:
@@ -193,19 +234,27 @@ class ConsumerRunner:
         return True
 
     def _decode(self, record: ConsumerRecord) -> Delivery:
+        """A record of a type this consumer handles is decoded strictly (invalid: dead-lettered); one of
+        another type, known or not, is skipped and counted (neither applied nor dead-lettered)."""
         try:
             if record.value is None:
                 raise UndecodableEvent("empty message")
-            return Delivery(record, event=decode(record.value))
-        except UnknownEventType:
-            metrics.inc("events_skipped_unknown_type_total", 1, service=self.service)
-            return Delivery(record)  # neither applied nor dead-lettered: a newer producer's event
+            doc = parse(record.value)
+            event_type = peek_type(doc)
+            if event_type is None:
+                raise UndecodableEvent("no event type")
+            if event_type not in self.types:
+                # another service's concern, or a newer producer's type: not this consumer's to judge
+                reason = "not handled" if event_type in EVENT_TYPES else "unknown type"
+                metrics.inc("events_skipped_total", 1, service=self.service, reason=reason)
+                return Delivery(record)
+            return Delivery(record, event=decode(doc, self.types))
         except UndecodableEvent as exc:
             return Delivery(record, error=str(exc))
 
     async def _apply(self, deliveries: list[Delivery]) -> None:
         async with self.db.unit_of_work() as uow:
-            fresh = await self._record_in_inbox(uow, [d.event.id for d in deliveries])  # type: ignore[union-attr]
+            fresh = await self._record_in_inbox(uow, [d.event.id for d in deliveries if d.event is not None])
             events = []
             for d in deliveries:
                 event = d.event
@@ -219,7 +268,7 @@ class ConsumerRunner:
             for event in events:
                 await self._handle(uow, event)
 
-    async def _handle(self, uow: UnitOfWork, event: CloudEvent) -> None:
+    async def _handle(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
         uow.correlation_id = event.correlationid or event.id
         uow.causation_id = event.id
         with correlation_scope(uow.correlation_id):

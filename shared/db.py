@@ -8,11 +8,11 @@ A unit of work is one transaction: the state change and the events it causes
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -39,7 +39,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.util import find_tables
 
 from .clock import Clock, SystemClock
-from .events import CloudEvent, EventData, new_event
+from .events import CloudEvent, D, new_event
 from .settings import Settings
 
 
@@ -106,45 +106,48 @@ def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode()) % shards
 
 
+T = TypeVar("T")
+
+
 @dataclass
-class UnitOfWork:
-    """One transaction of one service: its session, the events it will publish, the clock.
+class Unit:
+    """What handlers see of a unit of work: the clock, the events they publish, per-transaction
+    state, and work deferred to the end. :class:`UnitOfWork` is the real one (one PostgreSQL
+    transaction); ``shared.testing.FakeUnitOfWork`` is the in-memory one of fast handler tests.
 
-    ``publish`` only records the event; the rows reach the outbox in one insert when
-    the unit of work ends, inside the same transaction as everything else.
+    ``publish`` only records the event; the real unit of work writes the rows to the outbox in
+    one insert when it ends, inside the same transaction as everything else.
 
-    ``insert_later`` and ``update_later`` queue row writes the same way: a consumer batch of
-    a thousand events then writes each table in one multi-row statement instead of a
-    thousand round trips. Queued rows are written before any statement run through
-    :meth:`execute` that touches their table, so reads inside the transaction see them;
-    read a table you queue writes for through ``uow.execute``, not ``uow.session``.
+    ``state(kind)`` is the transaction's one instance of ``kind``: a service's typed batch
+    context (what its ``prepare`` loaded for a consumer batch) or its store (the table access
+    its handlers use, which a test replaces with :meth:`provide`). It dies with the transaction.
 
     ``at_commit`` defers work to the end of the unit of work, once per key however many
     events asked for it: tiering re-evaluates each member once per batch, not once per fact.
     """
 
-    session: AsyncSession
-    tables: ServiceTables
     clock: Clock
-    shards: int
     correlation_id: str | None = None
     causation_id: str | None = None
-    pending: list[CloudEvent] = field(default_factory=list)
-    #: per-transaction memo for handlers: what an earlier event of the same batch already locked and
-    #: loaded (a member's wallet, say) is reused instead of read again; it dies with the transaction
+    pending: list[CloudEvent[Any] | None] = field(default_factory=list)
+    #: TEMPORARY, until every service keeps its batch state in a typed ``state(Batch)``
     memo: dict[Any, Any] = field(default_factory=dict)
-    _replaceable: dict[Any, int] = field(default_factory=dict)
-    #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
-    _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
-    _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
-    _at_commit: dict[Any, Callable[[UnitOfWork], Awaitable[None]]] = field(default_factory=dict)
+    _replaceable: dict[Hashable, int] = field(default_factory=dict)
+    _state: dict[type, object] = field(default_factory=dict)
+    _at_commit: dict[Hashable, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
 
     def publish(
-        self, data: EventData, *, member_id: str, chain_id: str, time: datetime | None = None, replaces: Any = None
-    ) -> CloudEvent:
+        self,
+        data: D,
+        *,
+        member_id: str,
+        chain_id: str,
+        time: datetime | None = None,
+        replaces: Hashable = None,
+    ) -> CloudEvent[D]:
         """Record an event for the outbox. ``replaces``: a key for snapshot events (the latest state
         of something, like a member's progress); a later event with the same key in the same
         transaction takes the earlier one's place, so a batch publishes one snapshot per key."""
@@ -157,14 +160,37 @@ class UnitOfWork:
             time=time or self.now(),
         )
         if replaces is not None and replaces in self._replaceable:
-            index = self._replaceable.pop(replaces)
-            self.pending[index] = None  # type: ignore[call-overload]  # dropped at flush, order kept
+            self.pending[self._replaceable.pop(replaces)] = None  # dropped at flush, order kept
         if replaces is not None:
             self._replaceable[replaces] = len(self.pending)
         self.pending.append(event)
         return event
 
-    def at_commit(self, key: Any, work: Callable[[UnitOfWork], Awaitable[None]]) -> None:
+    @property
+    def events(self) -> list[CloudEvent[Any]]:
+        """The events published so far (snapshots replaced by a later one left out)."""
+        return [e for e in self.pending if e is not None]
+
+    def state(self, kind: type[T], make: Callable[[UnitOfWork], T] | None = None) -> T:
+        """The transaction's instance of ``kind``: made on first use by ``make(uow)`` (a store over
+        the real tables), or by ``kind()`` (a batch context's empty dataclass)."""
+        held = self._state.get(kind)
+        if held is None:
+            held = self._state[kind] = self._make(kind, make)
+        return cast(T, held)
+
+    def _make(self, kind: type[T], make: Callable[[UnitOfWork], T] | None) -> T:
+        if make is None:
+            return kind()
+        if not isinstance(self, UnitOfWork):
+            raise TypeError(f"{kind.__name__} was not provided to this unit of work")
+        return make(self)
+
+    def provide(self, kind: type[T], value: T) -> None:
+        """Use ``value`` as the transaction's ``kind`` (a test's in-memory store)."""
+        self._state[kind] = value
+
+    def at_commit(self, key: Hashable, work: Callable[[Any], Awaitable[None]]) -> None:
         """Run ``work(uow)`` when the unit of work ends, before its writes and events are flushed;
         asked again with the same key before then, it still runs once."""
         self._at_commit.setdefault(key, work)
@@ -173,6 +199,25 @@ class UnitOfWork:
         while self._at_commit:  # deferred work may defer more
             key = next(iter(self._at_commit))
             await self._at_commit.pop(key)(self)
+
+
+@dataclass(kw_only=True)
+class UnitOfWork(Unit):
+    """One transaction of one service: its session, its tables, the events it will publish.
+
+    ``insert_later`` and ``update_later`` queue row writes: a consumer batch of a thousand
+    events then writes each table in one multi-row statement instead of a thousand round
+    trips. Queued rows are written before any statement run through :meth:`execute` that
+    touches their table, so reads inside the transaction see them; read a table you queue
+    writes for through ``uow.execute``, not ``uow.session``.
+    """
+
+    session: AsyncSession
+    tables: ServiceTables
+    shards: int
+    #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
+    _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
+    _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def queued_tables(self) -> set[Table]:
@@ -198,7 +243,7 @@ class UnitOfWork:
         """The tables a statement reads or writes; None when it can't be told (text), meaning all."""
         if not isinstance(statement, ClauseElement) or isinstance(statement, TextClause):
             return None
-        return set(find_tables(statement, include_crud=True, include_joins=True))
+        return {t for t in find_tables(statement, include_crud=True, include_joins=True) if isinstance(t, Table)}
 
     async def flush_writes(self, tables: set[Table] | None = None) -> None:
         """Write the queued rows (of ``tables`` only, when given): one insert per table, then one
@@ -217,18 +262,19 @@ class UnitOfWork:
             del self._updates[(table, key)]
             params = {**{f"k_{k}": v for k, v in key}, **{f"v_{c}": v for c, v in values.items()}}
             groups.setdefault((table, tuple(k for k, _ in key), tuple(values)), []).append(params)
-        for (table, key_columns, value_columns), params in groups.items():
+        for (table, key_columns, value_columns), rows_params in groups.items():
             stmt = (
                 update(table)
                 .where(and_(*[table.c[k] == bindparam(f"k_{k}") for k in key_columns]))
                 .values({c: bindparam(f"v_{c}") for c in value_columns})
             )
-            await self.session.execute(stmt, params)
+            await self.session.execute(stmt, rows_params)
 
     async def flush_outbox(self) -> None:
-        self.pending = [e for e in self.pending if e is not None]
+        events = self.events
+        self.pending.clear()
         self._replaceable.clear()
-        if not self.pending:
+        if not events:
             return
         rows = [
             {
@@ -239,9 +285,8 @@ class UnitOfWork:
                 "shard": shard_of(e.subject, self.shards),
                 "payload": e.to_json().decode(),
             }
-            for e in self.pending
+            for e in events
         ]
-        self.pending.clear()
         await self.session.execute(insert(self.tables.outbox), rows)
 
 
@@ -268,7 +313,12 @@ class Database:
     ) -> AsyncIterator[UnitOfWork]:
         async with self.sessions() as session, session.begin():
             uow = UnitOfWork(
-                session, self.tables, self.clock, self.settings.outbox_shards, correlation_id, causation_id
+                self.clock,
+                correlation_id,
+                causation_id,
+                session=session,
+                tables=self.tables,
+                shards=self.settings.outbox_shards,
             )
             yield uow
             await uow.run_at_commit()

@@ -1,20 +1,26 @@
 """CloudEvents 1.0 envelope and one frozen pydantic model per event type (SPEC §3).
 
 Every message on a ``membership.*`` topic is the structured-mode JSON of a
-:class:`CloudEvent`; its key is the member id. ``decode`` turns bytes back into a
-typed event through :data:`EVENT_TYPES`, the registry from ``type`` to model.
-Models ignore unknown fields so that producers can add fields without breaking
-older consumers (add, never rename).
+:class:`CloudEvent`; its key is the member id. The envelope is generic over its data:
+``CloudEvent[PurchaseRecorded]``, so a handler's signature says which event it takes and
+mypy checks what it reads of ``event.data``.
+
+Defining a subclass of :class:`EventData` registers it in :data:`EVENT_TYPES` (by class
+name, the CloudEvents ``type``); classes whose name starts with ``_`` are shared bases, not
+types. ``decode`` turns bytes back into a typed event through that registry. Models ignore
+unknown fields so that producers can add fields without breaking older consumers (add,
+never rename).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .clock import utcnow
 
@@ -30,10 +36,33 @@ def dlq_of(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+#: every event type, by its CloudEvents ``type`` (the class name); filled as the classes are defined
+EVENT_TYPES: dict[str, type[EventData]] = {}
+
+
 class EventData(BaseModel):
+    """The ``data`` of one event type. Subclasses register themselves in :data:`EVENT_TYPES`."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
     #: the service whose topic carries this event type
     publisher: ClassVar[str]
+    #: what the message key and the envelope's ``subject`` hold (for the event catalogue)
+    key: ClassVar[str] = "member_id: the member the event is about"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.__name__.startswith("_") or "[" in cls.__name__:
+            return  # a shared base of several types, or a parametrised copy
+        if not isinstance(getattr(cls, "publisher", None), str):
+            raise TypeError(f"event type {cls.__name__} must say its publisher")
+        known = EVENT_TYPES.get(cls.__name__)
+        if known is not None and known is not cls:
+            raise TypeError(f"two event types named {cls.__name__}")
+        EVENT_TYPES[cls.__name__] = cls
+
+
+D = TypeVar("D", bound=EventData)
 
 
 # ---- enrollment ---------------------------------------------------------------------------------
@@ -195,6 +224,7 @@ class PolicyChanged(EventData):
     Its subject is ``chain:<chain_id>``, not a member."""
 
     publisher: ClassVar[str] = "tiering"
+    key: ClassVar[str] = "chain:<chain_id>: the chain whose programme changed (not a member)"
     version: int
     policy: dict[str, Any]
     changed_at: datetime
@@ -245,31 +275,8 @@ class NotificationFailed(_NotificationEvent):
     pass
 
 
-EVENT_TYPES: dict[str, type[EventData]] = {
-    cls.__name__: cls
-    for cls in (
-        MemberEnrolled,
-        MemberUpdated,
-        PurchaseRecorded,
-        PurchaseRefunded,
-        ActivityRecorded,
-        ReferralCompleted,
-        PointsChanged,
-        PointsExpiringSoon,
-        TierChanged,
-        TierProgressChanged,
-        PolicyChanged,
-        BenefitGranted,
-        BenefitRedeemed,
-        BenefitRevoked,
-        NotificationSent,
-        NotificationFailed,
-    )
-}
-
-
-class CloudEvent(BaseModel):
-    """A CloudEvents 1.0 structured-mode envelope with membership extensions."""
+class CloudEvent(BaseModel, Generic[D]):
+    """A CloudEvents 1.0 structured-mode envelope with membership extensions, typed by its data."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -284,7 +291,7 @@ class CloudEvent(BaseModel):
     chainid: str
     correlationid: str | None = None
     causationid: str | None = None
-    data: SerializeAsAny[EventData]
+    data: D
 
     @field_validator("time")
     @classmethod
@@ -305,16 +312,21 @@ class CloudEvent(BaseModel):
         return self.model_dump_json().encode()
 
 
+def envelope_of(data_type: type[D]) -> type[CloudEvent[D]]:
+    """``CloudEvent[data_type]``: the envelope class that validates and serialises exactly that data."""
+    return cast("type[CloudEvent[D]]", CloudEvent[data_type])  # type: ignore[valid-type]
+
+
 def new_event(
-    data: EventData,
+    data: D,
     *,
     member_id: str,
     chain_id: str,
     correlation_id: str | None = None,
     causation_id: str | None = None,
     time: datetime | None = None,
-) -> CloudEvent:
-    return CloudEvent(
+) -> CloudEvent[D]:
+    return envelope_of(type(data))(
         source=f"membership/{data.publisher}",
         type=type(data).__name__,
         subject=member_id,
@@ -335,22 +347,35 @@ class UnknownEventType(UndecodableEvent):
     Consumers skip it (adding event types is compatible); it is not poison."""
 
 
-def decode(raw: bytes | str) -> CloudEvent:
+def peek_type(doc: Any) -> str | None:
+    """The ``type`` of a parsed envelope, when it has one."""
+    event_type = doc.get("type") if isinstance(doc, dict) else None
+    return event_type if isinstance(event_type, str) else None
+
+
+def parse(raw: bytes | str) -> dict[str, Any]:
+    """The JSON object of a message; anything else is undecodable."""
     try:
         doc: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UndecodableEvent(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise UndecodableEvent("not a JSON object")
-    event_type = doc.get("type")
-    model = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    return doc
+
+
+def decode(raw: bytes | str | dict[str, Any], types: Mapping[str, type[EventData]] = EVENT_TYPES) -> CloudEvent[Any]:
+    """A typed event from a message. ``types``: the types the caller takes (default: all known);
+    another type raises :class:`UnknownEventType` when its envelope is well formed."""
+    doc = raw if isinstance(raw, dict) else parse(raw)
+    event_type = peek_type(doc)
+    model = types.get(event_type) if event_type is not None else None
     if model is None:
         well_formed = all(isinstance(doc.get(k), str) and doc.get(k) for k in ("id", "type", "source", "subject"))
         if well_formed and doc.get("specversion") == "1.0" and isinstance(doc.get("data"), dict):
             raise UnknownEventType(f"unknown event type {event_type!r}")
         raise UndecodableEvent(f"unknown event type {event_type!r}")
     try:
-        data = model.model_validate(doc.get("data"))
-        return CloudEvent.model_validate({**doc, "data": data})
+        return envelope_of(model).model_validate(doc)
     except ValidationError as exc:
         raise UndecodableEvent(f"invalid {event_type}: {exc.errors(include_url=False, include_input=False)}") from exc

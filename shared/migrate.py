@@ -12,10 +12,11 @@ import asyncio
 import importlib
 import zlib
 from pathlib import Path
+from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, text
+from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -25,8 +26,9 @@ from .settings import SERVICES, Settings
 def run_env(schema: str) -> None:
     """The body of every ``env.py``: run this schema's migrations online, async."""
     url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "alembic config without sqlalchemy.url"
 
-    def do_run(connection) -> None:
+    def do_run(connection: Connection) -> None:
         context.configure(connection=connection, version_table_schema=schema, transaction_per_migration=False)
         with context.begin_transaction():
             context.run_migrations()
@@ -44,7 +46,7 @@ def run_env(schema: str) -> None:
     asyncio.run(go())
 
 
-def create_shared_tables(op, schema: str) -> None:
+def create_shared_tables(op: Any, schema: str) -> None:
     """For a service's first migration: the outbox (with its NOTIFY trigger), inbox and idempotency keys."""
     from .db import shared_tables
     from .outbox import outbox_notify_ddl

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from .cache import TTLCache
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +82,36 @@ class PlatformStore:
     def __init__(self, engine: AsyncEngine, cache_seconds: float = 5.0) -> None:
         self.engine = engine
         self.cache_seconds = cache_seconds
-        self._keys: dict[str, tuple[float, Principal | None]] = {}
-        self._chains: dict[str, tuple[float, Chain | None]] = {}
+        self._keys: TTLCache[str, Principal | None] = TTLCache(cache_seconds)
+        self._chains: TTLCache[str, Chain | None] = TTLCache(cache_seconds)
 
     async def principal(self, key: str) -> Principal | None:
-        h = hash_key(key)
-        hit = self._keys.get(h)
-        if hit and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(api_keys.c.chain_id, api_keys.c.scopes, api_keys.c.name).where(
-                        api_keys.c.key_hash == h, api_keys.c.revoked_at.is_(None)
+        async def load() -> Principal | None:
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(api_keys.c.chain_id, api_keys.c.scopes, api_keys.c.name).where(
+                            api_keys.c.key_hash == h, api_keys.c.revoked_at.is_(None)
+                        )
                     )
-                )
-            ).first()
-        p = Principal(row.chain_id, frozenset(row.scopes), row.name) if row else None
-        self._keys[h] = (time.monotonic(), p)
-        return p
+                ).first()
+            return Principal(row.chain_id, frozenset(row.scopes), row.name) if row else None
+
+        h = hash_key(key)
+        return await self._keys.get_or_load(h, load)
 
     async def chain(self, chain_id: str) -> Chain | None:
-        hit = self._chains.get(chain_id)
-        if hit and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
+        async def load() -> Chain | None:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(chains).where(chains.c.chain_id == chain_id))).first()
+            return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, row.webhook_secret) if row else None
+
+        return await self._chains.get_or_load(chain_id, load)
+
+    async def timezone(self, chain_id: str) -> ZoneInfo:
+        """The chain's time zone (see :func:`chain_timezone`)."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(chains).where(chains.c.chain_id == chain_id))).first()
-        c = Chain(row.chain_id, row.name, row.timezone, row.webhook_url, row.webhook_secret) if row else None
-        self._chains[chain_id] = (time.monotonic(), c)
-        return c
+            return await chain_timezone(conn, chain_id)
 
     async def all_chains(self) -> list[Chain]:
         async with self.engine.connect() as conn:
@@ -166,20 +168,23 @@ async def add_api_key(
 
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
 _TIMEZONE_CACHE_SECONDS = 60.0
-_timezones: dict[str, tuple[float, ZoneInfo]] = {}
+_timezones: TTLCache[str, ZoneInfo] = TTLCache(_TIMEZONE_CACHE_SECONDS)
 
 
-async def chain_timezone(session: AsyncSession, chain_id: str) -> ZoneInfo:
-    """The chain's time zone (its days, months, birthdays and quiet hours are local), cached per
-    process for a minute; an unknown chain or zone name falls back to Asia/Shanghai."""
-    hit = _timezones.get(chain_id)
-    if hit and time.monotonic() - hit[0] < _TIMEZONE_CACHE_SECONDS:
-        return hit[1]
-    name = await session.scalar(select(chains.c.timezone).where(chains.c.chain_id == chain_id))
+def zone_named(name: str | None) -> ZoneInfo:
+    """A chain's zone by its IANA name; none, or a name this machine does not know, is Asia/Shanghai."""
     try:
-        tz = ZoneInfo(name) if name else DEFAULT_TIMEZONE
+        return ZoneInfo(name) if name else DEFAULT_TIMEZONE
     except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown time zone for chain; using Asia/Shanghai", extra={"chain_id": chain_id})
-        tz = DEFAULT_TIMEZONE
-    _timezones[chain_id] = (time.monotonic(), tz)
-    return tz
+        log.warning("unknown time zone for chain; using Asia/Shanghai", extra={"timezone": name})
+        return DEFAULT_TIMEZONE
+
+
+async def chain_timezone(conn: AsyncSession | AsyncConnection, chain_id: str) -> ZoneInfo:
+    """The chain's time zone: its days, months, tier-years, birthdays and quiet hours are local.
+    The one lookup every service uses, cached per process for a minute."""
+
+    async def load() -> ZoneInfo:
+        return zone_named(await conn.scalar(select(chains.c.timezone).where(chains.c.chain_id == chain_id)))
+
+    return await _timezones.get_or_load(chain_id, load)

@@ -127,7 +127,7 @@ class Policy(_Doc):
 
 
 def _b(code: str, **kw: object) -> BenefitRule:
-    return BenefitRule(code=code, **kw)  # type: ignore[arg-type]
+    return BenefitRule.model_validate({"code": code, **kw})
 
 
 def _tier_benefits(percent: int, extra: list[BenefitRule]) -> list[BenefitRule]:

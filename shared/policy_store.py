@@ -9,13 +9,14 @@ runs :data:`shared.policy.DEFAULT_POLICY` (version 1).
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, PrimaryKeyConstraint, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from .cache import MISSING, TTLCache
 from .db import UnitOfWork
 from .events import CloudEvent, PolicyChanged
 from .policy import DEFAULT_POLICY, Policy
@@ -33,7 +34,7 @@ def policy_table(metadata: MetaData) -> Table:
     )
 
 
-def create_policy_table(op, schema: str) -> None:
+def create_policy_table(op: Any, schema: str) -> None:
     """For a service's migration."""
     policy_table(MetaData(schema=schema)).create(op.get_bind())
 
@@ -42,12 +43,12 @@ class PolicyStore:
     def __init__(self, table: Table, cache_seconds: float = 2.0) -> None:
         self.table = table
         self.cache_seconds = cache_seconds
-        self._current: dict[str, tuple[float, Policy]] = {}
+        self._current: TTLCache[str, Policy] = TTLCache(cache_seconds)
 
-    async def current(self, session: AsyncSession, chain_id: str) -> Policy:
+    async def current(self, session: AsyncSession | AsyncConnection, chain_id: str) -> Policy:
         hit = self._current.get(chain_id)
-        if hit and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
+        if hit is not MISSING:
+            return hit
         doc = await session.scalar(
             select(self.table.c.document)
             .where(self.table.c.chain_id == chain_id)
@@ -55,8 +56,7 @@ class PolicyStore:
             .limit(1)
         )
         policy = Policy.model_validate(doc) if doc is not None else DEFAULT_POLICY
-        self._current[chain_id] = (time.monotonic(), policy)
-        return policy
+        return self._current.put(chain_id, policy)
 
     async def version(self, session: AsyncSession, chain_id: str, version: int) -> Policy | None:
         doc = await session.scalar(
@@ -77,10 +77,10 @@ class PolicyStore:
             .on_conflict_do_nothing()
         )
         hit = self._current.get(chain_id)
-        if hit is None or hit[1].version <= policy.version:
-            self._current[chain_id] = (time.monotonic(), policy)
+        if hit is MISSING or hit.version <= policy.version:
+            self._current.put(chain_id, policy)
 
-    async def on_policy_changed(self, event: CloudEvent, uow: UnitOfWork) -> None:
-        data: PolicyChanged = event.data  # type: ignore[assignment]
+    async def on_policy_changed(self, event: CloudEvent[PolicyChanged], uow: UnitOfWork) -> None:
+        data = event.data
         policy = Policy.model_validate({**data.policy, "version": data.version})
         await self.store(uow.session, event.chainid, policy)
