@@ -84,6 +84,7 @@ class PlatformStore:
         self.cache_seconds = cache_seconds
         self._keys: TTLCache[str, Principal | None] = TTLCache(cache_seconds)
         self._chains: TTLCache[str, Chain | None] = TTLCache(cache_seconds)
+        self._chain_ids: TTLCache[str, tuple[str, ...]] = TTLCache(cache_seconds)
 
     async def principal(self, key: str) -> Principal | None:
         async def load() -> Principal | None:
@@ -112,6 +113,15 @@ class PlatformStore:
         """The chain's time zone (see :func:`chain_timezone`)."""
         async with self.engine.connect() as conn:
             return await chain_timezone(conn, chain_id)
+
+    async def chain_ids(self) -> tuple[str, ...]:
+        """Every chain's id (what a scheduled job runs for), cached like keys."""
+
+        async def load() -> tuple[str, ...]:
+            async with self.engine.connect() as conn:
+                return tuple((await conn.execute(select(chains.c.chain_id).order_by(chains.c.chain_id))).scalars())
+
+        return await self._chain_ids.get_or_load("all", load)
 
     async def all_chains(self) -> list[Chain]:
         async with self.engine.connect() as conn:

@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
@@ -34,13 +35,26 @@ from .worker_http import serve as serve_worker_endpoint
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """What one run of a job covers: the chains, as of an instant. The schedule runs a job for every
+    chain as of now; an operations endpoint runs it for the caller's chain, as of the time asked."""
+
+    as_of: datetime
+    chain_ids: tuple[str, ...]
+
+
+#: every scheduled job has this one signature: ``async def job(ctx, run: JobRun) -> <what it did>``
+Job = Callable[[ServiceContext, JobRun], Awaitable[object]]
+
+
 @dataclass
 class Schedule:
     """Periodic work of a worker (expiry, reviews, deliveries...). It must be safe to run
     on several replicas at once: the database, not the scheduler, prevents double effects."""
 
     name: str
-    run: Callable[[ServiceContext], Awaitable[object]]
+    run: Job
     interval_seconds: float | None = None  # None: settings.schedule_interval_seconds
 
 
@@ -79,7 +93,7 @@ async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.E
     interval = schedule.interval_seconds or ctx.settings.schedule_interval_seconds
     while not stop.is_set():
         try:
-            await schedule.run(ctx)
+            await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
         except Exception:
             log.exception("schedule failed", extra={"schedule": schedule.name})
         with contextlib.suppress(TimeoutError):
@@ -89,7 +103,7 @@ async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.E
 def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedule]:
     """The service's own schedules, and the retention purge of its shared tables every worker runs."""
 
-    async def retention(ctx: ServiceContext) -> None:
+    async def retention(ctx: ServiceContext, run: JobRun) -> None:
         await purge(ctx.db, defn.name)
 
     return [

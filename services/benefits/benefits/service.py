@@ -12,8 +12,8 @@ SERVICE = ServiceDefinition(
     routers=[router],
     handlers=HANDLERS,
     schedules=[
-        Schedule(name="expire-benefits", run=expire_due_benefits),
-        Schedule(name="birthday-vouchers", run=grant_due_birthday_vouchers),
+        Schedule(name="expire-benefits", run=lambda ctx, run: expire_due_benefits(ctx)),
+        Schedule(name="birthday-vouchers", run=lambda ctx, run: grant_due_birthday_vouchers(ctx)),
     ],
     description="Benefit entitlements per tier, birthday, purchase and referral; their redemptions.",
 )

@@ -18,6 +18,6 @@ SERVICE = ServiceDefinition(
     tables=shared,
     routers=[router],
     handlers=HANDLERS,
-    schedules=[Schedule("complete-referrals", complete_referrals)],
+    schedules=[Schedule("complete-referrals", lambda ctx, run: complete_referrals(ctx))],
     description="Members, referral codes, purchase and activity intake, the member status view.",
 )

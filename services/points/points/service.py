@@ -20,6 +20,6 @@ SERVICE = ServiceDefinition(
     routers=[router, ops_router],
     handlers=HANDLERS,
     prepare=prepare,
-    schedules=[Schedule(name="expire-points", run=expire_points)],
+    schedules=[Schedule(name="expire-points", run=lambda ctx, run: expire_points(ctx))],
     description="The points ledger: earning from spend, behaviour and referrals, lots, redemption, reversal, expiry.",
 )

@@ -26,8 +26,12 @@ SERVICE = ServiceDefinition(
     handlers=HANDLERS,
     prepare=prepare,
     schedules=[
-        Schedule("tier-reviews", run_reviews),
-        Schedule("policy-recalculations", process_recalculations, interval_seconds=RECALCULATION_POLL_SECONDS),
+        Schedule("tier-reviews", lambda ctx, run: run_reviews(ctx)),
+        Schedule(
+            "policy-recalculations",
+            lambda ctx, run: process_recalculations(ctx),
+            interval_seconds=RECALCULATION_POLL_SECONDS,
+        ),
     ],
     description="Tier policy, qualification counters, member tiers, reviews, overrides and tier history.",
 )
