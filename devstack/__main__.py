@@ -49,8 +49,9 @@ def main() -> None:
                 f"  {name:<11} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs;"
                 f" worker metrics: http://127.0.0.1:{stack.worker_ports[name]}/metrics)"
             )
-        print(f"\n  PostgreSQL  {stack.postgres.url}")  # type: ignore[union-attr]
-        print(f"  broker      {stack.broker.bootstrap}")  # type: ignore[union-attr]
+        assert stack.postgres is not None and stack.broker is not None  # both started above
+        print(f"\n  PostgreSQL  {stack.postgres.url}")
+        print(f"  broker      {stack.broker.bootstrap}")
         print(f"  logs        {stack.log_dir}/   notification sink: {data_dir / 'sink'}/")
         print(f"\n  demo chain  {s.demo_chain_id}")
         print(f"  pos key     {s.demo_pos_key}\n  app key     {s.demo_app_key}\n  ops key     {s.demo_ops_key}")

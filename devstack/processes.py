@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -208,7 +207,3 @@ class Tansu:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def which_or_none(name: str) -> str | None:
-    return shutil.which(name)

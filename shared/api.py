@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from .db import Database, UnitOfWork
 from .observability import correlation_id, metrics
 from .platform import PlatformStore, Principal
-from .problems import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, install_problem_handlers
+from .problems import Conflict, Forbidden, InvalidRequest, Unauthorized, install_problem_handlers
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,6 @@ PosKey = Annotated[Principal, Depends(require("pos"))]
 AppKey = Annotated[Principal, Depends(require("app"))]
 OpsKey = Annotated[Principal, Depends(require("ops"))]
 PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
-
-
-def same_chain(principal: Principal, chain_id: str | None, what: str = "member") -> None:
-    """Another chain's resources do not exist for this key: 404, never the data."""
-    if chain_id is None or chain_id != principal.chain_id:
-        raise NotFound(f"No such {what}.")
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
