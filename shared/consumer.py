@@ -85,7 +85,9 @@ def handlers(*functions: Handler) -> Handlers:
     return table
 
 
-TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+#: serialization failure, deadlock, shutdown, connection lost; and a schema behind the code (undefined
+#: table/column: a rolling upgrade whose migration has not run yet) is waited out, not dead-lettered
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "42P01", "42703"}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -100,11 +102,45 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+async def apply_events(
+    uow: UnitOfWork, events: list[CloudEvent[Any]], handlers: Handlers, prepare: Prepare | None = None
+) -> list[CloudEvent[Any]]:
+    """Apply events exactly once in the caller's transaction: their ids go into the inbox first (one
+    statement); the ones already there were applied before and change nothing. Returns those applied.
+    The consumer runs every batch through here, and so does a dead letter's re-drive."""
+    fresh = await _record_in_inbox(uow, [e.id for e in events])
+    todo = []
+    for event in events:
+        if event.id not in fresh:
+            continue  # applied before: redelivery changes nothing
+        fresh.discard(event.id)  # the same event twice in one batch is applied once
+        todo.append(event)
+    if prepare is not None and todo:
+        await prepare(todo, uow)
+    for event in todo:
+        uow.correlation_id = event.correlationid or event.id
+        uow.causation_id = event.id
+        with correlation_scope(uow.correlation_id):
+            await handlers[type(event.data)](event, uow)
+    return todo
+
+
+async def _record_in_inbox(uow: UnitOfWork, ids: list[str]) -> set[str]:
+    """Insert the batch's ids in one statement; return those not seen before."""
+    inbox = uow.tables.inbox
+    stmt = text(
+        f"INSERT INTO {inbox.schema}.{inbox.name} (event_id) SELECT unnest(CAST(:ids AS text[])) "
+        "ON CONFLICT DO NOTHING RETURNING event_id"
+    )
+    return set((await uow.session.execute(stmt, {"ids": ids})).scalars().all())
+
+
 @dataclass
 class Delivery:
     record: ConsumerRecord
     event: CloudEvent[Any] | None = None
     error: str | None = None
+    attempts: int = 1
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -254,34 +290,7 @@ class ConsumerRunner:
 
     async def _apply(self, deliveries: list[Delivery]) -> None:
         async with self.db.unit_of_work() as uow:
-            fresh = await self._record_in_inbox(uow, [d.event.id for d in deliveries if d.event is not None])
-            events = []
-            for d in deliveries:
-                event = d.event
-                assert event is not None
-                if event.id not in fresh:
-                    continue  # applied before: redelivery changes nothing
-                fresh.discard(event.id)  # the same event twice in one batch is applied once
-                events.append(event)
-            if self.prepare is not None and events:
-                await self.prepare(events, uow)
-            for event in events:
-                await self._handle(uow, event)
-
-    async def _handle(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        uow.correlation_id = event.correlationid or event.id
-        uow.causation_id = event.id
-        with correlation_scope(uow.correlation_id):
-            await self.handlers[type(event.data)](event, uow)
-
-    async def _record_in_inbox(self, uow: UnitOfWork, ids: list[str]) -> set[str]:
-        """Insert the batch's ids in one statement; return those not seen before."""
-        inbox = self.db.tables.inbox
-        stmt = text(
-            f"INSERT INTO {inbox.schema}.{inbox.name} (event_id) SELECT unnest(CAST(:ids AS text[])) "
-            "ON CONFLICT DO NOTHING RETURNING event_id"
-        )
-        return set((await uow.session.execute(stmt, {"ids": ids})).scalars().all())
+            await apply_events(uow, [d.event for d in deliveries if d.event is not None], self.handlers, self.prepare)
 
     async def _apply_one_by_one(self, deliveries: list[Delivery], stop: asyncio.Event) -> list[Delivery] | None:
         """Each event in its own transaction; returns the ones that kept failing (None if stopped)."""
@@ -307,6 +316,7 @@ class ConsumerRunner:
                             extra={"event_id": event.id, "event_type": event.type, "error": repr(exc)},
                         )
                         d.error = f"handler failed {attempt} times: {exc!r}"
+                        d.attempts = attempt
                         dead.append(d)
                         break
                     await asyncio.sleep(self.settings.consumer_retry_backoff_seconds * attempt)
@@ -324,6 +334,19 @@ class ConsumerRunner:
             ("dlq.offset", str(r.offset).encode()),
             ("dlq.consumer", self.group_id.encode()),
         ]
+        from .dead_letters import record_dead_letter
+
+        # the table first: it is what operators list and re-drive; the topic is the broker-side copy
+        await record_dead_letter(
+            self.db,
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            key=r.key,
+            value=r.value,
+            error=d.error or "",
+            attempts=d.attempts,
+        )
         await (await self.producer.send(dlq_of(r.topic), value=r.value, key=r.key, headers=headers))
         metrics.inc("events_dead_lettered_total", 1, service=self.service)
         log.warning(

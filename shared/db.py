@@ -65,6 +65,7 @@ class ServiceTables:
     outbox: Table
     inbox: Table
     idempotency: Table
+    dead_letters: Table
 
 
 def shared_tables(metadata: MetaData) -> ServiceTables:
@@ -99,7 +100,9 @@ def shared_tables(metadata: MetaData) -> ServiceTables:
         Column("response", JSONB),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
-    return ServiceTables(outbox, inbox, idempotency)
+    from .dead_letters import dead_letters_table
+
+    return ServiceTables(outbox, inbox, idempotency, dead_letters_table(metadata))
 
 
 def shard_of(key: str, shards: int) -> int:

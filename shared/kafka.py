@@ -31,6 +31,16 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+#: dead letters are kept on the broker for at least 30 days (SPEC §7); the other topics use the
+#: broker's default retention (7 days on Kafka), the outbox and inbox cover replays within it
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def _new_topic(topic: str, settings: Settings) -> NewTopic:
+    configs = {"retention.ms": str(DLQ_RETENTION_MS)} if topic.endswith(".dlq") else {}
+    return NewTopic(topic, settings.topic_partitions, settings.topic_replication, topic_configs=configs)
+
+
 async def ensure_topics(settings: Settings, topics: list[str] | None = None, attempts: int = 30) -> None:
     """Create the platform's topics (and their dead-letter topics) if they do not exist."""
     wanted = topics or all_topics()
@@ -42,9 +52,7 @@ async def ensure_topics(settings: Settings, topics: list[str] | None = None, att
             missing = [t for t in wanted if t not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
-                    await admin.create_topics(
-                        [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing]
-                    )
+                    await admin.create_topics([_new_topic(t, settings) for t in missing])
             return
         except Exception as exc:  # broker still starting
             if attempt == attempts - 1:

@@ -24,6 +24,7 @@ from .api import ServiceContext, create_service_app
 from .clock import Clock, OffsetFileClock, SystemClock
 from .consumer import ConsumerRunner, Handlers, Prepare
 from .db import Database, ServiceTables
+from .dead_letters import dead_letter_router
 from .kafka import ensure_topics, make_producer
 from .observability import configure_logging
 from .outbox import OutboxRelay
@@ -86,7 +87,10 @@ def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | 
 def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(defn, settings)
-    return create_service_app(ctx, defn.routers, title=f"membership {defn.name}", description=defn.description)
+    routers = [*defn.routers]
+    if defn.handlers:
+        routers.append(dead_letter_router(defn.handlers, defn.prepare))
+    return create_service_app(ctx, routers, title=f"membership {defn.name}", description=defn.description)
 
 
 async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event) -> None:
