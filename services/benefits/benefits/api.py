@@ -1,22 +1,19 @@
-"""Benefits' HTTP API: thin routes over ``handlers``."""
+"""Benefits' HTTP API: thin routes over ``queries``, ``commands`` and ``jobs``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import CtxDep, IdempotencyKey, current_correlation_id, idempotent, require
-from shared.platform import Principal
+from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, idempotent_command
+from shared.service import JobRun
 
-from . import handlers, schemas
+from . import commands, jobs, queries, schemas
 from .domain import Status
 
 router = APIRouter(prefix="/v1", tags=["benefits"])
-
-PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
-OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.get("/members/{member_id}/benefits", response_model=schemas.BenefitList)
@@ -25,14 +22,14 @@ async def list_benefits(
 ) -> schemas.BenefitList:
     """A member's entitlements, optionally only those of one status (e.g. ?status=active)."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.benefits_of(uow, chain_id=principal.chain_id, member_id=member_id, status=status)
+        return await queries.benefits_of(uow, chain_id=principal.chain_id, member_id=member_id, status=status)
 
 
 @router.get("/members/{member_id}/discount", response_model=schemas.Discount)
 async def member_discount(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.Discount:
     """The percent of the price the member pays at their current tier."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.discount_of(uow, chain_id=principal.chain_id, member_id=member_id)
+        return await queries.discount_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 
 @router.post(
@@ -47,29 +44,23 @@ async def redeem_benefit(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Use a benefit once at a clinic; 409 when it is used up, expired or revoked."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-
-        async def action() -> tuple[int, dict]:
-            done = await handlers.redeem(
-                uow, chain_id=principal.chain_id, member_id=member_id, benefit_id=benefit_id, clinic_id=body.clinic_id
-            )
-            return 201, done.model_dump(mode="json")
-
-        # the path is part of the request: the same key for another benefit is a different body (409)
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/members/{member_id}/benefits/{benefit_id}/redemptions",
-            key=idempotency_key,
-            body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
-            action=action,
-        )
+    # the path is part of the request: the same key for another benefit is a different body (409)
+    return await idempotent_command(
+        ctx,
+        principal,
+        scope="POST /v1/members/{member_id}/benefits/{benefit_id}/redemptions",
+        key=idempotency_key,
+        body={"member_id": member_id, "benefit_id": benefit_id, **body.model_dump(mode="json")},
+        status=201,
+        run=lambda uow: commands.redeem(
+            uow, chain_id=principal.chain_id, member_id=member_id, benefit_id=benefit_id, clinic_id=body.clinic_id
+        ),
+    )
 
 
 @router.post("/benefits/schedules/run", response_model=schemas.BirthdayRun, tags=["operations"])
 async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.BirthdayRun:
     """Grant the key's chain's birthday vouchers due as of ``as_of`` (default now); also runs on a schedule."""
-    granted, as_of = await handlers.run_birthday_schedule(
-        ctx, as_of=body.as_of if body else None, chain_ids=[principal.chain_id]
-    )
-    return schemas.BirthdayRun(granted=granted, as_of=as_of)
+    run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
+    granted = await jobs.grant_birthday_vouchers(ctx, run)
+    return schemas.BirthdayRun(granted=granted, as_of=run.as_of)

@@ -271,6 +271,39 @@ def birthday_grant(policy: Policy, *, tier: str, birthday: date, as_of: datetime
 # ---- per-purchase benefits ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TierChange:
+    """A tier a member moved to, and when the move took effect (from TierChanged)."""
+
+    effective_at: datetime
+    to_tier: str
+
+
+@dataclass(frozen=True)
+class LargePurchase:
+    """A purchase large enough for a care pack when it was recorded, kept so that a TierChanged that
+    arrives after it can judge it again."""
+
+    purchase_id: str
+    amount_fen: int
+    occurred_at: datetime
+
+
+def tier_held_at(policy: Policy, changes: Iterable[TierChange], at: datetime) -> str:
+    """The tier a member held at ``at``: that of the latest change in effect then (one effective at
+    ``at`` itself counts); before any change, the lowest tier. A purchase is judged by it."""
+    in_effect = [c for c in changes if c.effective_at <= at]
+    if not in_effect:
+        return policy.tiers[0].code
+    return max(in_effect, key=lambda c: c.effective_at).to_tier
+
+
+def purchases_since(purchases: Iterable[LargePurchase], since: datetime) -> list[LargePurchase]:
+    """The purchases a tier change effective at ``since`` judges again: those made at or after it (the
+    same instant as :func:`tier_held_at`), oldest first."""
+    return sorted((p for p in purchases if p.occurred_at >= since), key=lambda p: (p.occurred_at, p.purchase_id))
+
+
 def purchase_grants(
     policy: Policy, *, tier: str, purchase_id: str, amount_fen: int, occurred_at: datetime
 ) -> list[Grant]:

@@ -3,7 +3,8 @@
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
-from .handlers import HANDLERS, expire_due_benefits, grant_due_birthday_vouchers
+from .handlers import HANDLERS
+from .jobs import expire_due_benefits, grant_birthday_vouchers
 from .tables import shared
 
 SERVICE = ServiceDefinition(
@@ -12,8 +13,8 @@ SERVICE = ServiceDefinition(
     routers=[router],
     handlers=HANDLERS,
     schedules=[
-        Schedule(name="expire-benefits", run=lambda ctx, run: expire_due_benefits(ctx)),
-        Schedule(name="birthday-vouchers", run=lambda ctx, run: grant_due_birthday_vouchers(ctx)),
+        Schedule(name="expire-benefits", run=expire_due_benefits),
+        Schedule(name="birthday-vouchers", run=grant_birthday_vouchers),
     ],
     description="Benefit entitlements per tier, birthday, purchase and referral; their redemptions.",
 )
