@@ -1,27 +1,23 @@
-"""Points' HTTP API: thin routes over ``handlers``."""
+"""Points' HTTP API: thin routes over ``commands``, ``queries`` and ``jobs``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import CtxDep, IdempotencyKey, current_correlation_id, idempotent, require
-from shared.platform import Principal
+from shared.api import AppKey, CtxDep, IdempotencyKey, OpsKey, PosOrApp, idempotent_command
+from shared.service import JobRun
 
-from . import handlers, schemas
+from . import commands, jobs, queries, schemas
 
 router = APIRouter(prefix="/v1/members/{member_id}/points", tags=["points"])
 ops_router = APIRouter(prefix="/v1/points", tags=["operations"])
 
-Reader = Annotated[Principal, Depends(require("pos", "app"))]
-AppKey = Annotated[Principal, Depends(require("app"))]
-OpsKey = Annotated[Principal, Depends(require("ops"))]
-
 
 @router.get("", response_model=schemas.PointsSummary)
-async def points(member_id: str, ctx: CtxDep, principal: Reader) -> schemas.PointsSummary:
+async def points(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.PointsSummary:
     """The member's balance, available, pending and expiring points, and the lots holding them.
 
     Authoritative and as of now: pending points become available when their return window
@@ -29,20 +25,20 @@ async def points(member_id: str, ctx: CtxDep, principal: Reader) -> schemas.Poin
     from the member's last PointsChanged, so they are as of the member's last points change.
     """
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.points_of(uow, chain_id=principal.chain_id, member_id=member_id)
+        return await queries.points_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 
 @router.get("/ledger", response_model=schemas.LedgerPage)
 async def ledger(
     member_id: str,
     ctx: CtxDep,
-    principal: Reader,
+    principal: PosOrApp,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> schemas.LedgerPage:
     """The member's ledger entries, newest first, a page at a time."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.ledger_of(
+        return await queries.ledger_of(
             uow, chain_id=principal.chain_id, member_id=member_id, cursor=cursor, limit=limit
         )
 
@@ -56,21 +52,16 @@ async def redeem(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Redeem available points (soonest-expiring lots first); 409 when short or the balance is negative."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-
-        async def action() -> tuple[int, dict]:
-            posted = await handlers.redeem(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
-            return 201, posted.model_dump(mode="json")
-
-        # the member is part of the request: one key reused for another member is a conflict, not a replay
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/members/{member_id}/points/redemptions",
-            key=idempotency_key,
-            body={"member_id": member_id, **body.model_dump(mode="json")},
-            action=action,
-        )
+    # the member is part of the request: one key reused for another member is a conflict, not a replay
+    return await idempotent_command(
+        ctx,
+        principal,
+        scope="POST /v1/members/{member_id}/points/redemptions",
+        key=idempotency_key,
+        body={"member_id": member_id, **body.model_dump(mode="json")},
+        status=201,
+        run=lambda uow: commands.redeem(uow, chain_id=principal.chain_id, member_id=member_id, req=body),
+    )
 
 
 @router.post("/adjustments", status_code=201, response_model=schemas.PostedEntry)
@@ -82,20 +73,15 @@ async def adjust(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Correct a member's points (ops): a credit is available at once, a debit may leave the balance negative."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-
-        async def action() -> tuple[int, dict]:
-            posted = await handlers.adjust(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
-            return 201, posted.model_dump(mode="json")
-
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/members/{member_id}/points/adjustments",
-            key=idempotency_key,
-            body={"member_id": member_id, **body.model_dump(mode="json")},
-            action=action,
-        )
+    return await idempotent_command(
+        ctx,
+        principal,
+        scope="POST /v1/members/{member_id}/points/adjustments",
+        key=idempotency_key,
+        body={"member_id": member_id, **body.model_dump(mode="json")},
+        status=201,
+        run=lambda uow: commands.adjust(uow, chain_id=principal.chain_id, member_id=member_id, req=body),
+    )
 
 
 @ops_router.post("/expiry/run", response_model=schemas.ExpiryRunResult)
@@ -103,7 +89,8 @@ async def run_expiry(
     ctx: CtxDep, principal: OpsKey, body: schemas.ExpiryRunRequest | None = None
 ) -> schemas.ExpiryRunResult:
     """Run the expiry pass for the key's chain as of ``as_of`` (default now): announce, then expire (ops)."""
-    run = await handlers.run_expiry(ctx.db, chain_ids=[principal.chain_id], as_of=body.as_of if body else None)
+    as_of = (body.as_of if body else None) or ctx.db.clock.now()
+    run = await jobs.expire_points(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
     return schemas.ExpiryRunResult(
         warned=run.warned, expired=run.expired, expired_points=run.expired_points, as_of=run.as_of
     )
@@ -113,4 +100,4 @@ async def run_expiry(
 async def policy(ctx: CtxDep, principal: OpsKey) -> schemas.PolicyView:
     """The programme version points applies to the key's chain now (ops)."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.policy_view(uow, chain_id=principal.chain_id)
+        return await queries.policy_view(uow, chain_id=principal.chain_id)

@@ -76,6 +76,18 @@ def expires_on(earned_at: datetime, tz: ZoneInfo, expiry_months: int) -> date:
     return month.replace(day=calendar.monthrange(month.year, month.month)[1])
 
 
+def first_unexpired_day(now: datetime, tz: ZoneInfo) -> date:
+    """The expiry rule's one cut-off: as of ``now``, points whose expiry day is before this day have
+    expired; it is the chain's local today (points are still usable on their expiry day). The expiry
+    job selects the lots to take away with it."""
+    return now.astimezone(tz).date()
+
+
+def has_expired(expires_on: date, now: datetime, tz: ZoneInfo) -> bool:
+    """Whether points expiring on ``expires_on`` have expired as of ``now`` (see :func:`first_unexpired_day`)."""
+    return expires_on < first_unexpired_day(now, tz)
+
+
 def expired_on_arrival(earned_at: datetime, now: datetime, tz: ZoneInfo, expiry_months: int) -> bool:
     """A credit that reaches us after its lot would have expired (a purchase keyed in 25 months late).
 
@@ -84,13 +96,20 @@ def expired_on_arrival(earned_at: datetime, now: datetime, tz: ZoneInfo, expiry_
     spend, publish an earn and an expire for nothing, and let a later refund of the purchase
     reverse points that were never usable.
     """
-    return now.astimezone(tz).date() > expires_on(earned_at, tz, expiry_months)
+    return has_expired(expires_on(earned_at, tz, expiry_months), now, tz)
 
 
 def warning_window(now: datetime, tz: ZoneInfo, notice_days: int) -> tuple[date, date]:
-    """(first, last) expiry day of the lots to announce now: not yet expired, expiring within notice."""
-    today = now.astimezone(tz).date()
+    """(first, last) expiry day of the lots to announce now: not yet expired, expiring within notice.
+    The expiry job selects the lots to announce with these bounds."""
+    today = first_unexpired_day(now, tz)
     return today, today + timedelta(days=notice_days)
+
+
+def in_warning_window(expires_on: date, now: datetime, tz: ZoneInfo, notice_days: int) -> bool:
+    """Whether points expiring on ``expires_on`` are to be announced as of ``now`` (see :func:`warning_window`)."""
+    first, last = warning_window(now, tz, notice_days)
+    return first <= expires_on <= last
 
 
 def redemption_value_fen(points: int, policy: Policy) -> int:
@@ -152,7 +171,7 @@ class Lot:
     expiry_notified: bool = False  # PointsExpiringSoon was published for it
 
     def is_expired(self, now: datetime, tz: ZoneInfo) -> bool:
-        return now.astimezone(tz).date() > self.expires_on
+        return has_expired(self.expires_on, now, tz)
 
     def is_available(self, now: datetime, tz: ZoneInfo) -> bool:
         return self.available_at <= now and not self.is_expired(now, tz)
@@ -272,8 +291,11 @@ class Wallet:
 
     def expiring_soon(self, now: datetime, notice_days: int) -> list[Lot]:
         """Open lots not yet announced that expire within ``notice_days`` (and have not yet expired)."""
-        today, horizon = warning_window(now, self.tz, notice_days)
-        return [lot for lot in self.open_lots() if not lot.expiry_notified and today <= lot.expires_on <= horizon]
+        return [
+            lot
+            for lot in self.open_lots()
+            if not lot.expiry_notified and in_warning_window(lot.expires_on, now, self.tz, notice_days)
+        ]
 
     def expiring(self, now: datetime) -> list[ExpiringGroup]:
         """The points still held, by expiry day, soonest first (lots already expired but not yet
