@@ -1,4 +1,4 @@
-"""Delivering due notifications: the worker's schedule.
+"""Delivering due notifications: what the worker's ``deliver-notifications`` job (:mod:`notify.jobs`) runs.
 
 Each run claims a batch of due pending rows with ``FOR UPDATE SKIP LOCKED`` (so replicas split
 the work and never send one row twice at the same time), sends them, and records each outcome
@@ -20,19 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 
 from shared.api import ServiceContext
 from shared.db import UnitOfWork
 from shared.events import NotificationFailed, NotificationSent
-from shared.platform import Chain
+from shared.platform import Chain, zone_named
 
 from . import domain
-from .channels import ATTEMPT_TIMEOUT_SECONDS, DeliveryChannel, Undeliverable, default_channels
-from .handlers import zone_named
+from .channels import ATTEMPT_TIMEOUT_SECONDS, DeliveryChannel, Undeliverable
+from .store import contact_from_row, quiet_hours_from
 from .tables import contacts, notifications, preferences
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Outcome:
     held_until: datetime | None = None  # not attempted: due again then (quiet hours)
 
 
-def _claim_due(now: Any) -> Any:
+def _claim_due(now: datetime) -> Select[Any]:
     n = notifications
     return (
         select(
@@ -92,22 +92,20 @@ def _notification(row: Any) -> domain.Notification:
 def _contact(row: Any) -> domain.Contact | None:
     if row.consents is None:
         return None  # the member's MemberEnrolled has not arrived
-    return domain.Contact(name=row.name, phone=row.phone, email=row.email, consents=domain.Consents(**row.consents))
+    return contact_from_row(row)
 
 
 def _quiet_hours(row: Any) -> domain.QuietHours | None:
     if row.preferred_locale is None:
-        return domain.DEFAULT_QUIET_HOURS  # no preferences row yet: the defaults
-    if row.quiet_start is None:
-        return None
-    return domain.QuietHours(time.fromisoformat(row.quiet_start), time.fromisoformat(row.quiet_end))
+        return domain.Preferences().quiet_hours  # no preferences row yet: the defaults
+    return quiet_hours_from(row.quiet_start, row.quiet_end)
 
 
 def _marketing_gate(row: Any, contact: domain.Contact | None, chain: Chain | None, now: datetime) -> Outcome | None:
     """Why a due marketing notification may not go out now (None: it may)."""
     if not domain.is_marketing(row.kind, bool(row.data.get("marketing"))):
         return None
-    if contact is None or not contact.consents.marketing:
+    if not domain.has_marketing_consent(contact):
         return Outcome("no marketing consent", permanent=True)
     local_now = now.astimezone(zone_named(chain.timezone if chain else None))
     held_until = domain.quiet_hours_end(_quiet_hours(row), local_now)
@@ -121,7 +119,7 @@ async def _attempt(
     if (gate := _marketing_gate(row, contact, chain, now)) is not None:
         return gate
     # consent is checked again at delivery: a member may have withdrawn it since the row was queued
-    if row.channel != "webhook" and (contact is None or not domain.channel_allowed(row.channel, contact)):
+    if not domain.may_reach(row.channel, contact):
         return Outcome("no consent or no address for this channel", permanent=True)
     async with slots:
         try:
@@ -135,7 +133,9 @@ async def _attempt(
             return Outcome(str(exc) or type(exc).__name__)
 
 
-def _event(cls: type, row: Any, attempts: int, error: str | None = None) -> Any:
+def _event(
+    cls: type[NotificationSent] | type[NotificationFailed], row: Any, attempts: int, error: str | None = None
+) -> NotificationSent | NotificationFailed:
     return cls(notification_id=row.notification_id, kind=row.kind, channel=row.channel, attempts=attempts, error=error)
 
 
@@ -189,11 +189,12 @@ async def _record(uow: UnitOfWork, ctx: ServiceContext, rows: list[Any], outcome
         )
 
 
-async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel]) -> int:
-    """Claim, send and record one batch; returns how many rows it handled."""
+async def deliver_due(ctx: ServiceContext, channels: dict[domain.Channel, DeliveryChannel], *, as_of: datetime) -> int:
+    """Claim the rows due as of ``as_of``, send them and record the outcomes (at the transaction's
+    clock); one batch, returns how many rows it handled."""
     async with ctx.db.unit_of_work() as uow:
         now = uow.now()
-        rows = (await uow.execute(_claim_due(now))).all()
+        rows = (await uow.execute(_claim_due(as_of))).all()
         if not rows:
             return 0
         chains = {cid: await ctx.platform.chain(cid) for cid in {r.chain_id for r in rows}}
@@ -203,17 +204,3 @@ async def deliver_due(ctx: ServiceContext, channels: dict[str, DeliveryChannel])
         )
         await _record(uow, ctx, rows, list(outcomes))
     return len(rows)
-
-
-class Deliveries:
-    """The delivery schedule; keeps its channels (and their HTTP connection pool) between runs."""
-
-    def __init__(self, channels: dict[str, DeliveryChannel] | None = None) -> None:
-        self.channels = channels
-
-    async def __call__(self, ctx: ServiceContext) -> None:
-        if self.channels is None:
-            self.channels = dict(default_channels(ctx.settings))
-        for _ in range(MAX_ROUNDS_PER_RUN):  # drain a backlog, but yield to the scheduler now and then
-            if await deliver_due(ctx, self.channels) < CLAIM_BATCH:
-                return

@@ -12,9 +12,10 @@ consent before delivery is failed, never sent) and it waits out the member's qui
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Literal
+from typing import Any, Literal
 
 Channel = Literal["webhook", "sms", "email"]
 CHANNELS: tuple[Channel, ...] = ("webhook", "sms", "email")
@@ -88,7 +89,15 @@ class Contact:
     consents: Consents = field(default_factory=Consents)
 
 
-def canonical_channels(channels: list[str] | tuple[str, ...]) -> tuple[Channel, ...]:
+@dataclass(frozen=True)
+class Recipient:
+    """Whom a notification is for: their contact (None until their MemberEnrolled arrives) and preferences."""
+
+    contact: Contact | None
+    preferences: Preferences
+
+
+def canonical_channels(channels: Sequence[str]) -> tuple[Channel, ...]:
     """Deduplicated, in the fixed order of :data:`CHANNELS`."""
     return tuple(c for c in CHANNELS if c in channels)
 
@@ -102,18 +111,27 @@ def channel_allowed(channel: Channel, contact: Contact) -> bool:
     return contact.consents.email and bool(contact.email)
 
 
+def may_reach(channel: Channel, contact: Contact | None) -> bool:
+    """Whether a message may go to the member over ``channel``: the chain's own backend (webhook)
+    always; SMS and email only with a known contact that consents and has the address."""
+    return channel == "webhook" or (contact is not None and channel_allowed(channel, contact))
+
+
+def has_marketing_consent(contact: Contact | None) -> bool:
+    """Marketing needs the member's marketing consent; nothing is known of a member without a contact."""
+    return contact is not None and contact.consents.marketing
+
+
 def select_channels(kind: Kind, preferences: Preferences, contact: Contact | None) -> list[Channel]:
     """The channels one notification of ``kind`` goes to: wanted by the member AND allowed.
 
     Without a contact nothing is known of the member's consents, so only the chain's own backend
     is told. (The consumer never gets here without one: an event that overtook the member's
-    MemberEnrolled is parked until it arrives; see handlers.queue.)
+    MemberEnrolled is parked until it arrives; see notify.handlers.queue.)
     """
-    if contact is None:
-        return [] if kind.marketing else [c for c in canonical_channels(preferences.channels) if c == "webhook"]
-    if kind.marketing and not contact.consents.marketing:
+    if kind.marketing and not has_marketing_consent(contact):
         return []
-    return [c for c in canonical_channels(preferences.channels) if channel_allowed(c, contact)]
+    return [c for c in canonical_channels(preferences.channels) if may_reach(c, contact)]
 
 
 def tier_change_kind(direction: str) -> str | None:
@@ -195,10 +213,10 @@ class Notification:
     locale: str
     title: str
     body: str
-    data: dict
+    data: dict[str, Any]
     created_at: datetime
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """The JSON a chain's backend receives (and the sink records)."""
         return {
             "notification_id": self.notification_id,

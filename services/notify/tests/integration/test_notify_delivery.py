@@ -185,7 +185,7 @@ def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_eve
 async def test_parked_events_of_a_member_who_never_enrols_are_dropped_after_30_days(stack: Stack) -> None:
     from datetime import timedelta
 
-    from notify.handlers import purge_parked
+    from notify.jobs import purge_parked
     from notify.tables import parked_events
     from notify.tables import shared as notify_tables
     from shared.db import Database
