@@ -1,24 +1,29 @@
-"""Enrollment's HTTP API: thin routes over ``handlers``."""
+"""Enrollment's HTTP API: thin routes over ``commands``, ``queries`` and ``jobs``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import CtxDep, IdempotencyKey, current_correlation_id, idempotent, require
-from shared.platform import Principal
+from shared.api import (
+    AppKey,
+    CtxDep,
+    IdempotencyKey,
+    OpsKey,
+    PosKey,
+    PosOrApp,
+    current_correlation_id,
+    idempotent_command,
+)
+from shared.db import UnitOfWork
 from shared.problems import InvalidRequest
+from shared.service import JobRun
 
-from . import handlers, schemas
+from . import commands, jobs, queries, schemas
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
-
-AppKey = Annotated[Principal, Depends(require("app"))]
-PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
-PosKey = Annotated[Principal, Depends(require("pos"))]
-OpsKey = Annotated[Principal, Depends(require("ops"))]
 
 
 @router.post("/members", status_code=201, response_model=schemas.EnrolResponse)
@@ -26,20 +31,15 @@ async def enrol_member(
     body: schemas.EnrolRequest, ctx: CtxDep, principal: AppKey, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Enrol a member; 409 with the existing member_id when the phone is already enrolled."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-
-        async def action() -> tuple[int, dict]:
-            created = await handlers.enrol(uow, chain_id=principal.chain_id, req=body)
-            return 201, created.model_dump(mode="json")
-
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/members",
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            action=action,
-        )
+    return await idempotent_command(
+        ctx,
+        principal,
+        scope="POST /v1/members",
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status=201,
+        run=lambda uow: commands.enrol(uow, chain_id=principal.chain_id, req=body),
+    )
 
 
 @router.get("/members", response_model=schemas.MemberList)
@@ -54,17 +54,17 @@ async def find_members(
             str(exc), errors=[{"location": ["query", "phone"], "message": str(exc), "type": "value_error"}]
         ) from exc
     async with ctx.db.unit_of_work() as uow:
-        rows = await handlers.find_by_phone(uow, chain_id=principal.chain_id, phone=normalized)
-    return schemas.MemberList(items=[handlers.profile(r, reveal_phone=principal.is_ops) for r in rows])
+        rows = await queries.find_by_phone(uow, chain_id=principal.chain_id, phone=normalized)
+    return schemas.MemberList(items=[queries.profile(r, reveal_phone=principal.is_ops) for r in rows])
 
 
 @router.get("/members/{member_id}", response_model=schemas.MemberProfile)
 async def get_member(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.MemberProfile:
     """A member's profile; the phone is masked unless the key has ops."""
     async with ctx.db.unit_of_work() as uow:
-        row = await handlers.get_member(uow, chain_id=principal.chain_id, member_id=member_id)
-        status = await handlers.referral_status_of(uow, member_id=member_id)
-    return handlers.profile(row, reveal_phone=principal.is_ops, referral_status=status)
+        row = await queries.get_member(uow, chain_id=principal.chain_id, member_id=member_id)
+        status = await queries.referral_status_of(uow, member_id=member_id)
+    return queries.profile(row, reveal_phone=principal.is_ops, referral_status=status)
 
 
 @router.patch("/members/{member_id}", response_model=schemas.MemberProfile)
@@ -73,15 +73,15 @@ async def patch_member(
 ) -> schemas.MemberProfile:
     """Change name, email or consents."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-        row = await handlers.update_member(uow, chain_id=principal.chain_id, member_id=member_id, patch=body)
-    return handlers.profile(row, reveal_phone=principal.is_ops)
+        row = await commands.update_member(uow, chain_id=principal.chain_id, member_id=member_id, patch=body)
+    return queries.profile(row, reveal_phone=principal.is_ops)
 
 
 @router.get("/members/{member_id}/status", response_model=schemas.MemberStatus)
 async def member_status(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.MemberStatus:
     """Tier, progress, points and benefits, built from events (eventually consistent)."""
     async with ctx.db.unit_of_work() as uow:
-        return await handlers.member_status_of(uow, chain_id=principal.chain_id, member_id=member_id)
+        return await queries.member_status_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 
 @router.post(
@@ -94,20 +94,14 @@ async def record_purchase(
     body: schemas.PurchaseRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Record a purchase; idempotent on (clinic_id, pos_txn_id)."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
 
-        async def action() -> tuple[int, dict]:
-            created, accepted = await handlers.record_purchase(uow, chain_id=principal.chain_id, req=body)
-            return (202 if created else 200), accepted.model_dump(mode="json")
+    async def run(uow: UnitOfWork) -> tuple[int, schemas.PurchaseAccepted]:
+        created, accepted = await commands.record_purchase(uow, chain_id=principal.chain_id, req=body)
+        return (202 if created else 200), accepted
 
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/purchases",
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            action=action,
-        )
+    return await idempotent_command(
+        ctx, principal, scope="POST /v1/purchases", key=idempotency_key, body=body.model_dump(mode="json"), run=run
+    )
 
 
 @router.post("/activities", status_code=202, response_model=schemas.ActivityAccepted)
@@ -115,20 +109,14 @@ async def record_activity(
     body: schemas.ActivityRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Record an attended activity (lecture, survey, skin test...); idempotent on activity_id."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
 
-        async def action() -> tuple[int, dict]:
-            created, accepted = await handlers.record_activity(uow, chain_id=principal.chain_id, req=body)
-            return (202 if created else 200), accepted.model_dump(mode="json")
+    async def run(uow: UnitOfWork) -> tuple[int, schemas.ActivityAccepted]:
+        created, accepted = await commands.record_activity(uow, chain_id=principal.chain_id, req=body)
+        return (202 if created else 200), accepted
 
-        return await idempotent(
-            uow,
-            principal,
-            scope="POST /v1/activities",
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            action=action,
-        )
+    return await idempotent_command(
+        ctx, principal, scope="POST /v1/activities", key=idempotency_key, body=body.model_dump(mode="json"), run=run
+    )
 
 
 @router.post(
@@ -145,28 +133,27 @@ async def refund_purchase(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Refund part or all of a purchase; idempotent on refund_id; never beyond what remains."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
 
-        async def action() -> tuple[int, dict]:
-            created, accepted = await handlers.record_refund(
-                uow, chain_id=principal.chain_id, purchase_id=purchase_id, req=body
-            )
-            return (202 if created else 200), accepted.model_dump(mode="json")
-
-        return await idempotent(
-            uow,
-            principal,
-            scope=f"POST /v1/purchases/{purchase_id}/refunds",
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            action=action,
+    async def run(uow: UnitOfWork) -> tuple[int, schemas.RefundAccepted]:
+        created, accepted = await commands.record_refund(
+            uow, chain_id=principal.chain_id, purchase_id=purchase_id, req=body
         )
+        return (202 if created else 200), accepted
+
+    return await idempotent_command(
+        ctx,
+        principal,
+        scope=f"POST /v1/purchases/{purchase_id}/refunds",
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        run=run,
+    )
 
 
 @router.post("/referrals/run", response_model=schemas.ReferralRun, tags=["operations"])
 async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.ReferralRun:
-    """Complete the referrals that are due as of ``as_of`` (default now); also runs on a schedule."""
-    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-        as_of = (body.as_of if body and body.as_of else None) or uow.now()
-        completed = await handlers.complete_due_referrals(uow, as_of=as_of)
+    """Complete the caller's chain's referrals that are due as of ``as_of`` (default now); the schedule
+    runs the same job for every chain."""
+    as_of = (body.as_of if body and body.as_of else None) or ctx.db.clock.now()
+    completed = await jobs.complete_referrals(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
     return schemas.ReferralRun(completed=completed, as_of=as_of)

@@ -6,9 +6,10 @@ import re
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
 from shared.events import Consents
+from shared.schemas import Strict
 
 _PHONE_CHARS = re.compile(r"[\s\-()]")
 _PHONE = re.compile(r"^\+?\d{6,15}$")
@@ -21,10 +22,6 @@ def normalize_phone(raw: str) -> str:
     if phone.startswith("+86") and len(phone) == 14:
         phone = phone[3:]
     return phone
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 Id = Field(min_length=1, max_length=100)

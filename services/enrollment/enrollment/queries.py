@@ -1,0 +1,84 @@
+"""Enrollment's reads for the API: profiles, the phone lookup, the member status view.
+
+Every function takes the unit of work first and keyword-only data; it raises
+``shared.problems`` errors, never HTTP ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from shared.db import UnitOfWork
+from shared.events import Consents
+from shared.observability import mask_phone
+from shared.problems import NotFound
+
+from . import domain, schemas
+from .store import store_of
+from .tables import members, referrals
+
+
+def profile(row: Row[Any], *, reveal_phone: bool, referral_status: str | None = None) -> schemas.MemberProfile:
+    return schemas.MemberProfile(
+        member_id=row.member_id,
+        member_no=row.member_no,
+        name=row.name,
+        phone=row.phone if reveal_phone else mask_phone(row.phone),
+        birthday=row.birthday,
+        home_clinic_id=row.home_clinic_id,
+        source=row.source,
+        referral_code=row.referral_code,
+        referred_by=row.referred_by,
+        consents=Consents(**row.consents),
+        email=row.email,
+        enrolled_at=row.enrolled_at,
+        referrals_completed=row.referrals_completed,
+        referral_status=referral_status,
+    )
+
+
+async def referral_status_of(uow: UnitOfWork, *, member_id: str) -> str | None:
+    status: str | None = await uow.session.scalar(select(referrals.c.status).where(referrals.c.referee_id == member_id))
+    return status
+
+
+async def get_member(uow: UnitOfWork, *, chain_id: str, member_id: str, lock: bool = False) -> Row[Any]:
+    stmt = select(members).where(members.c.member_id == member_id, members.c.chain_id == chain_id)
+    row: Row[Any] | None = (await uow.execute(stmt.with_for_update() if lock else stmt)).first()
+    if row is None:
+        raise NotFound("No such member.")
+    return row
+
+
+async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[Row[Any]]:
+    return list(
+        (await uow.execute(select(members).where(members.c.chain_id == chain_id, members.c.phone == phone))).all()
+    )
+
+
+async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:
+    member = await get_member(uow, chain_id=chain_id, member_id=member_id)
+    stored = await store_of(uow).status_of(member_id=member_id)
+    view = domain.status_as_of(stored.document if stored else None, enrolled_at=member.enrolled_at, now=uow.now())
+    progress, points = view.progress, view.points
+    return schemas.MemberStatus(
+        member_id=member_id,
+        tier=schemas.TierView(**view.tier),
+        progress=schemas.ProgressView(
+            next_tier=progress.get("next_tier"),
+            spend_fen=progress.get("spend_fen", 0),
+            spend_needed_fen=progress.get("spend_needed_fen", 0),
+            points=progress.get("points", 0),
+            points_needed=progress.get("points_needed", 0),
+        ),
+        points=schemas.PointsView(
+            balance=points.get("balance", 0),
+            available=points.get("available"),
+            pending=points.get("pending"),
+            expiring=[schemas.ExpiringView(**e) for e in view.expiring],
+        ),
+        benefits=[schemas.BenefitView(**b) for b in view.benefits],
+        as_of=stored.updated_at if stored else member.enrolled_at,
+    )
