@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from shared.platform import DEFAULT_TIMEZONE
 from shared.policy import Policy, TierRule
 
-DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
+# POS clocks run a little ahead: the enrollment API accepts occurred_at up to 5 minutes in the
+# future, and such a fact must count at once rather than at the member's next event. A trailing
+# window ending at ``as_of`` therefore holds the facts with ``as_of - window < occurred_at <= as_of
+# + MAX_CLOCK_SKEW`` (the SQL that sums it: ``store.trailing_totals`` and ``simulation``).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,14 @@ def qualified_tier(policy: Policy, spend_fen: int, points: int) -> str:
         if spend_fen >= tier.spend_fen or points >= tier.points:
             reached = tier.code
     return reached
+
+
+def tier_name(policy: Policy, code: str) -> str:
+    """The tier's display name in ``policy`` (its code when the policy no longer has it)."""
+    try:
+        return policy.tier(code).name
+    except KeyError:
+        return code
 
 
 def rank(policy: Policy, code: str) -> int:
@@ -88,6 +101,8 @@ def review_at(effective_at: datetime, review_months: int, tz: ZoneInfo = DEFAULT
 # ---- reviews, overrides, recalculation ----------------------------------------------------------
 
 Direction = Literal["up", "down", "none"]
+#: why a tier was recorded (TierChanged.reason and the history row's reason)
+ChangeReason = Literal["qualified", "review", "override", "recalculation"]
 
 
 def direction(policy: Policy, from_tier: str | None, to_tier: str) -> Direction:

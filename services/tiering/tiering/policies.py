@@ -1,29 +1,30 @@
 """The tier policy as versioned data per chain, and the small cache the hot path reads it through.
 
 A chain's first read stores :data:`shared.policy.DEFAULT_POLICY` as version 1; every
-PUT adds version current+1 and publishes it as ``PolicyChanged`` in the same transaction,
-so the services that keep copies (points, benefits, enrollment) apply it. Versions are never
-changed in place, so a cached ``(chain, version)`` document is valid for ever: the cache only
-has to notice a newer version, which it does with one primary-key lookup every few seconds.
+PUT adds version current+1 (:func:`tiering.commands.change_policy`) and publishes it as
+``PolicyChanged`` in the same transaction, so the services that keep copies (points,
+benefits, enrollment) apply it. Versions are never changed in place, so a cached
+``(chain, version)`` document is valid for ever: the cache only has to notice a newer
+version, which it does with one primary-key lookup every few seconds.
 A PUT moves nobody: members keep their tiers until a review or ``POST /v1/policy/recalculate``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
 
+from shared.cache import MISSING, TTLCache
 from shared.db import UnitOfWork
-from shared.events import PolicyChanged
 from shared.policy import DEFAULT_POLICY, Policy
-from shared.problems import Conflict, NotFound
+from shared.problems import NotFound
 
-from .tables import members, policies
+from .tables import policies
 
 CACHE_SECONDS = 2.0
 
@@ -62,65 +63,42 @@ async def current_policy(uow: UnitOfWork, *, chain_id: str) -> Policy:
 
 
 async def _latest_version(uow: UnitOfWork, chain_id: str) -> int | None:
-    return await uow.session.scalar(select(func.max(policies.c.version)).where(policies.c.chain_id == chain_id))
+    version: int | None = await uow.session.scalar(
+        select(func.max(policies.c.version)).where(policies.c.chain_id == chain_id)
+    )
+    return version
 
 
 class PolicyCache:
-    """Per-process cache of each chain's newest policy, re-checked every ``ttl`` seconds."""
+    """Per-process cache of each chain's newest policy, re-checked every ``ttl`` seconds.
 
-    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
-        self.ttl = ttl
-        self._entries: dict[str, tuple[float, Policy]] = {}
+    Within ``ttl`` of the last check the policy is answered from memory; after that the cheap
+    re-check asks only whether the newest version is still the one held (a primary-key lookup),
+    and reads the document again only when a newer version exists."""
+
+    def __init__(self, ttl: float = CACHE_SECONDS, *, clock: Callable[[], float] = time.monotonic) -> None:
+        #: the chains whose policy was checked within ``ttl``
+        self._checked: TTLCache[str, Policy] = TTLCache(ttl, clock=clock)
+        #: the newest policy seen per chain, checked or not (versions never change in place)
+        self._held: dict[str, Policy] = {}
 
     async def get(self, uow: UnitOfWork, chain_id: str) -> Policy:
-        hit = self._entries.get(chain_id)
-        if hit is not None:
-            checked, policy = hit
-            if time.monotonic() - checked < self.ttl:
-                return policy
-            if await _latest_version(uow, chain_id) == policy.version:
-                self._entries[chain_id] = (time.monotonic(), policy)
-                return policy
+        checked = self._checked.get(chain_id)
+        if checked is not MISSING:
+            return checked
+        held = self._held.get(chain_id)
+        if held is not None and await _latest_version(uow, chain_id) == held.version:
+            return self._checked.put(chain_id, held)
         policy = await current_policy(uow, chain_id=chain_id)
         self.remember(chain_id, policy)
         return policy
 
     def remember(self, chain_id: str, policy: Policy) -> None:
-        self._entries[chain_id] = (time.monotonic(), policy)
+        self._held[chain_id] = policy
+        self._checked.put(chain_id, policy)
 
 
 POLICIES = PolicyCache()
-
-
-async def _tiers_held(uow: UnitOfWork, chain_id: str) -> set[str]:
-    rows = await uow.execute(select(members.c.tier).where(members.c.chain_id == chain_id).distinct())
-    return {r.tier for r in rows}
-
-
-async def store_policy(uow: UnitOfWork, *, chain_id: str, policy: Policy) -> Policy:
-    """Store ``policy`` as the chain's next version (the version it names is ignored)."""
-    current = await current_policy(uow, chain_id=chain_id)
-    orphaned = await _tiers_held(uow, chain_id) - {t.code for t in policy.tiers}
-    if orphaned:
-        raise Conflict(f"Members still hold tiers the new policy drops: {sorted(orphaned)}.", tiers=sorted(orphaned))
-    stored = policy.model_copy(update={"version": current.version + 1})
-    now = uow.now()
-    document = stored.model_dump(mode="json")
-    try:
-        async with uow.session.begin_nested():
-            await uow.execute(
-                policies.insert().values(chain_id=chain_id, version=stored.version, document=document, created_at=now)
-            )
-    except IntegrityError as exc:
-        # two PUTs raced for the same version number: the other one won
-        raise Conflict("The policy was changed concurrently; read it again and retry.") from exc
-    # same transaction as the new version: consumers get it exactly when it exists
-    uow.publish(
-        PolicyChanged(version=stored.version, policy=document, changed_at=now),
-        member_id=f"chain:{chain_id}",
-        chain_id=chain_id,
-    )
-    return stored
 
 
 async def policy_version(uow: UnitOfWork, *, chain_id: str, version: int) -> Policy:

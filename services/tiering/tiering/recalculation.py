@@ -1,6 +1,7 @@
 """Re-evaluating a whole chain under one policy version, as a background job.
 
-``POST /v1/policy/recalculate`` only records a job; the worker's schedule processes it in
+``POST /v1/policy/recalculate`` only records a job (:func:`tiering.commands.start_recalculation`);
+the worker's schedule (:func:`tiering.jobs.policy_recalculations`) processes it in
 keyset batches of :data:`RECALC_BATCH` members (``member_id > cursor``), one transaction each,
 with one aggregate query for the batch's trailing totals. The job row is claimed with
 ``FOR UPDATE SKIP LOCKED``, so one replica works on a job at a time, and each batch commits
@@ -16,19 +17,20 @@ policy alone moves nobody.
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from shared.api import ServiceContext
 from shared.consumer import is_transient
 from shared.db import UnitOfWork
-from shared.problems import NotFound
+from shared.platform import chain_timezone
 
-from . import domain, schemas
-from .handlers import TierMove, chain_timezone, record_moves, trailing_totals
-from .policies import POLICIES, policy_version
+from . import domain
+from .moves import TierMove, record_moves
+from .policies import policy_version
+from .store import trailing_totals
 from .tables import members, recalc_jobs
 
 log = logging.getLogger(__name__)
@@ -36,64 +38,11 @@ log = logging.getLogger(__name__)
 RECALC_BATCH = 1000
 
 
-def _view(row: Any) -> schemas.Recalculation:
-    return schemas.Recalculation(
-        job_id=row.job_id,
-        status=row.status,
-        policy_version=row.policy_version,
-        total=row.total,
-        processed=row.processed,
-        moved=row.moved,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        error=row.error,
-    )
-
-
-async def start_recalculation(uow: UnitOfWork, *, chain_id: str) -> schemas.RecalculationStarted:
-    """Record a job for the chain's current policy version; the worker does the work.
-
-    A job still running under an older version is superseded (marked failed): two jobs of
-    different versions must not move the same members back and forth.
-    """
-    policy = await POLICIES.get(uow, chain_id)
-    now = uow.now()
-    job_id = str(uuid.uuid4())
-    await uow.execute(
-        update(recalc_jobs)
-        .where(recalc_jobs.c.chain_id == chain_id, recalc_jobs.c.status == "running")
-        .values(status="failed", finished_at=now, error=f"superseded by job {job_id} (policy version {policy.version})")
-    )
-    total = await uow.session.scalar(select(func.count()).select_from(members).where(members.c.chain_id == chain_id))
-    await uow.execute(
-        recalc_jobs.insert().values(
-            job_id=job_id,
-            chain_id=chain_id,
-            policy_version=policy.version,
-            status="running",
-            total=total or 0,
-            started_at=now,
-        )
-    )
-    return schemas.RecalculationStarted(
-        job_id=job_id, status="running", policy_version=policy.version, total=total or 0
-    )
-
-
-async def recalculation(uow: UnitOfWork, *, chain_id: str, job_id: str) -> schemas.Recalculation:
-    row = (
-        await uow.execute(select(recalc_jobs).where(recalc_jobs.c.job_id == job_id, recalc_jobs.c.chain_id == chain_id))
-    ).first()
-    if row is None:
-        raise NotFound("No such recalculation.")
-    return _view(row)
-
-
-async def _claim_job(uow: UnitOfWork) -> Any:
+async def _claim_job(uow: UnitOfWork, chain_ids: Sequence[str]) -> Any:
     return (
         await uow.execute(
             select(recalc_jobs)
-            .where(recalc_jobs.c.status == "running")
+            .where(recalc_jobs.c.status == "running", recalc_jobs.c.chain_id.in_(chain_ids))
             .order_by(recalc_jobs.c.started_at)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -118,8 +67,8 @@ async def recalculate_batch(uow: UnitOfWork, job: Any, *, limit: int = RECALC_BA
         return False
     ids = [r.member_id for r in rows]
     totals = await trailing_totals(uow, member_ids=ids, window_days=policy.qualification_window_days, as_of=now)
-    tz = await chain_timezone(uow, job.chain_id)
-    moves = []
+    tz = await chain_timezone(uow.session, job.chain_id)
+    moves: list[TierMove] = []
     for r in rows:
         spend, points = totals.get(r.member_id, (0, 0))
         floor = r.override_tier if domain.override_holds(r.override_tier, r.override_until, now) else None
@@ -147,14 +96,17 @@ async def _fail(ctx: ServiceContext, job_id: str, error: BaseException) -> None:
         )
 
 
-async def process_recalculations(ctx: ServiceContext) -> int:
-    """The worker's schedule: work through every running job, one batch per transaction."""
+async def process_recalculations(ctx: ServiceContext, *, chain_ids: Sequence[str]) -> int:
+    """Work through every running job of the chains, one batch per transaction; returns the batches done.
+    Each batch is evaluated as of its own transaction's now (its ``effective_at``)."""
     batches = 0
+    if not chain_ids:
+        return batches
     while True:
         job_id = None
         try:
             async with ctx.db.unit_of_work() as uow:
-                job = await _claim_job(uow)
+                job = await _claim_job(uow, chain_ids)
                 if job is None:
                     return batches
                 job_id = job.job_id

@@ -10,6 +10,7 @@ reviewed exactly once. Facts are evaluated over the trailing window ending at ``
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from shared.db import Database, UnitOfWork
+from shared.platform import chain_timezone
 from shared.policy import Policy
 
 from . import domain
-from .handlers import TierMove, chain_timezone, record_moves, trailing_totals
+from .moves import TierMove, record_moves
 from .policies import POLICIES
+from .store import trailing_totals
 from .tables import members
 
 REVIEW_BATCH = 500
@@ -50,24 +53,25 @@ class ReviewTally:
             self.unchanged += 1
 
 
-async def _claim_due(uow: UnitOfWork, *, as_of: datetime, chain_id: str | None, limit: int) -> list[Any]:
+async def _claim_due(uow: UnitOfWork, *, as_of: datetime, chain_ids: Sequence[str], limit: int) -> list[Any]:
     # SKIP LOCKED: a member another replica (or a handler) is working on is left for later,
     # never reviewed twice for one due date
     stmt = (
         select(members)
-        .where(or_(members.c.review_at <= as_of, members.c.override_until <= as_of))
+        .where(
+            or_(members.c.review_at <= as_of, members.c.override_until <= as_of),
+            members.c.chain_id.in_(chain_ids),
+        )
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    if chain_id is not None:
-        stmt = stmt.where(members.c.chain_id == chain_id)
     return list((await uow.execute(stmt)).all())
 
 
 async def _review_chain(
     uow: UnitOfWork, rows: list[Any], *, chain_id: str, policy: Policy, as_of: datetime
 ) -> ReviewTally:
-    tz = await chain_timezone(uow, chain_id)
+    tz = await chain_timezone(uow.session, chain_id)
     totals = await trailing_totals(
         uow, member_ids=[r.member_id for r in rows], window_days=policy.qualification_window_days, as_of=as_of
     )
@@ -113,10 +117,10 @@ async def _review_chain(
 
 
 async def review_batch(
-    uow: UnitOfWork, *, as_of: datetime, chain_id: str | None = None, limit: int = REVIEW_BATCH
+    uow: UnitOfWork, *, as_of: datetime, chain_ids: Sequence[str], limit: int = REVIEW_BATCH
 ) -> tuple[int, ReviewTally]:
-    """Review one batch of due members (of one chain, or of all); returns (claimed, tally)."""
-    rows = await _claim_due(uow, as_of=as_of, chain_id=chain_id, limit=limit)
+    """Review one batch of due members of the chains; returns (claimed, tally)."""
+    rows = await _claim_due(uow, as_of=as_of, chain_ids=chain_ids, limit=limit)
     by_chain: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
         by_chain[r.chain_id].append(r)
@@ -128,15 +132,16 @@ async def review_batch(
 
 
 async def run_due_reviews(
-    db: Database, *, as_of: datetime | None = None, chain_id: str | None = None, correlation_id: str | None = None
-) -> tuple[datetime, ReviewTally]:
-    """Review every due member, one batch per transaction, until none is left; ``as_of`` None
-    means "now" (the schedule). Returns the instant used and what happened."""
+    db: Database, *, as_of: datetime, chain_ids: Sequence[str], correlation_id: str | None = None
+) -> ReviewTally:
+    """Review every member of the chains due as of ``as_of``, one batch per transaction, until
+    none is left. Returns what happened."""
     tally = ReviewTally()
+    if not chain_ids:
+        return tally
     while True:
         async with db.unit_of_work(correlation_id=correlation_id) as uow:
-            as_of = as_of or uow.now()
-            claimed, batch = await review_batch(uow, as_of=as_of, chain_id=chain_id)
+            claimed, batch = await review_batch(uow, as_of=as_of, chain_ids=chain_ids)
         tally.add(batch)
         if claimed < REVIEW_BATCH:  # a reviewed member leaves the due set, so a short batch was the last
-            return as_of, tally
+            return tally

@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from shared.policy import Policy
+from shared.schemas import Strict
 
 PolicyDocument = Policy
 
@@ -54,10 +55,6 @@ class TierChangeView(BaseModel):
 
 class TierHistory(BaseModel):
     items: list[TierChangeView]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 # ---- reviews ------------------------------------------------------------------------------------

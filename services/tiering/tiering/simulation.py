@@ -23,7 +23,7 @@ from shared.db import UnitOfWork
 from shared.policy import Policy
 
 from . import domain, schemas
-from .handlers import MAX_CLOCK_SKEW
+from .domain import MAX_CLOCK_SKEW
 from .policies import POLICIES
 from .tables import SCHEMA
 
