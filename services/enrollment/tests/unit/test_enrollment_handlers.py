@@ -1,0 +1,184 @@
+"""The status view's event handlers on an in-memory store: no database, microseconds each."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from enrollment_memory_store import InMemoryStore
+
+from enrollment.domain import StatusDocument
+from enrollment.handlers import (
+    HANDLERS,
+    on_benefit_granted,
+    on_benefit_redeemed,
+    on_benefit_revoked,
+    on_points_changed,
+    on_tier_changed,
+    on_tier_progress_changed,
+)
+from enrollment.store import EnrollmentStore
+from enrollment.tables import policies
+from shared.events import (
+    BenefitGranted,
+    BenefitRedeemed,
+    BenefitRevoked,
+    EventData,
+    ExpiringPoints,
+    PendingPoints,
+    PointsChanged,
+    PolicyChanged,
+    TierChanged,
+    TierProgressChanged,
+)
+from shared.testing import FakeUnitOfWork, event, handle
+
+AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def fresh(*rows: tuple[str, StatusDocument]) -> tuple[FakeUnitOfWork, InMemoryStore]:
+    uow = FakeUnitOfWork()
+    store = InMemoryStore(rows=dict(rows), now=uow.now)
+    uow.provide(EnrollmentStore, store)
+    return uow, store
+
+
+def points(balance: int, **kw: object) -> PointsChanged:
+    return PointsChanged(
+        entry_id=f"e-{balance}", delta=balance, balance=balance, entry_type="earn", reason="purchase", **kw
+    )
+
+
+def granted(benefit_id: str, code: str = "priority_booking", uses: int | None = 2) -> BenefitGranted:
+    return BenefitGranted(benefit_id=benefit_id, code=code, remaining_uses=uses, valid_until=None)
+
+
+async def test_points_changed_becomes_the_members_points_document() -> None:
+    uow, store = fresh()
+    data = points(
+        1_200,
+        available=1_000,
+        pending=200,
+        expiring=[ExpiringPoints(points=300, expires_on=date(2026, 1, 31))],
+        pending_until=[PendingPoints(points=200, available_at=AT)],
+    )
+    await handle(on_points_changed, event(data, member_id="m1"), uow)
+    assert store.rows["m1"].points == {
+        "balance": 1_200,
+        "available": 1_000,
+        "pending": 200,
+        "expiring": [{"points": 300, "expires_on": "2026-01-31"}],
+        "pending_until": [{"points": 200, "available_at": "2025-06-01T12:00:00Z"}],
+    }
+    assert uow.events == []  # the view publishes nothing
+
+
+async def test_a_batch_writes_only_each_members_newest_snapshots_in_one_write() -> None:
+    uow, store = fresh()
+    for balance in (100, 250, 175):
+        await on_points_changed(event(points(balance), member_id="m1"), uow)
+    await on_points_changed(event(points(40), member_id="m2"), uow)
+    assert store.rows == {}  # nothing is written before the unit of work ends
+    await uow.commit()
+    assert len(store.snapshot_writes) == 1
+    assert {m: docs["points"]["balance"] for m, docs in store.snapshot_writes[0].items()} == {"m1": 175, "m2": 40}
+    assert store.rows["m1"].points is not None and store.rows["m1"].points["balance"] == 175
+
+
+async def test_snapshots_of_one_member_from_different_events_are_written_together() -> None:
+    uow, store = fresh()
+    await on_points_changed(event(points(100), member_id="m1"), uow)
+    await on_tier_changed(event(tier_change("silver", "银卡"), member_id="m1"), uow)
+    await uow.commit()
+    assert [sorted(docs["m1"]) for docs in store.snapshot_writes] == [["points", "tier"]]
+    assert store.rows["m1"].tier is not None and store.rows["m1"].tier["code"] == "silver"
+
+
+def tier_change(to_tier: str, name: str | None, review_at: datetime | None = None) -> TierChanged:
+    return TierChanged(
+        from_tier="member",
+        to_tier=to_tier,
+        direction="up",
+        reason="qualified",
+        policy_version=1,
+        effective_at=AT,
+        review_at=review_at,
+        to_tier_name=name,
+    )
+
+
+async def test_a_tier_change_shows_the_policys_name_and_review_date() -> None:
+    uow, store = fresh()
+    review = datetime(2026, 6, 1, tzinfo=UTC)
+    await handle(on_tier_changed, event(tier_change("gold", "黄金卡", review), member_id="m1"), uow)
+    assert store.rows["m1"].tier == {
+        "code": "gold",
+        "name": "黄金卡",
+        "since": AT.isoformat(),
+        "review_at": review.isoformat(),
+    }
+
+
+async def test_a_tier_change_without_a_name_shows_the_default_name_of_the_tier() -> None:
+    uow, store = fresh()
+    await handle(on_tier_changed, event(tier_change("diamond", None), member_id="m1"), uow)
+    await handle(on_tier_changed, event(tier_change("platinum", None), member_id="m2"), uow)
+    assert store.rows["m1"].tier is not None and store.rows["m1"].tier["name"] == "钻石会员"
+    assert store.rows["m2"].tier is not None and store.rows["m2"].tier["name"] == "platinum"
+
+
+async def test_tier_progress_is_kept_as_tiering_announced_it() -> None:
+    uow, store = fresh(("m1", StatusDocument(points={"balance": 5})))
+    data = TierProgressChanged(
+        tier="silver",
+        next_tier="gold",
+        spend_fen=6_000_000,
+        spend_needed_fen=9_000_000,
+        points=100,
+        points_needed=149_900,
+        policy_version=3,
+    )
+    await handle(on_tier_progress_changed, event(data, member_id="m1"), uow)
+    assert store.rows["m1"].progress == data.model_dump(mode="json")
+    assert store.rows["m1"].points == {"balance": 5}  # the other documents are left alone
+
+
+async def test_a_granted_benefit_is_listed_and_a_redemption_updates_its_remaining_uses() -> None:
+    uow, store = fresh()
+    await handle(on_benefit_granted, event(granted("b1", uses=2), member_id="m1"), uow)
+    assert store.rows["m1"].benefits == {
+        "b1": {"benefit_id": "b1", "code": "priority_booking", "remaining_uses": 2, "valid_until": None}
+    }
+    redeemed = BenefitRedeemed(benefit_id="b1", code="priority_booking", remaining_uses=1, clinic_id="c1")
+    await handle(on_benefit_redeemed, event(redeemed, member_id="m1"), uow)
+    assert store.rows["m1"].benefits["b1"]["remaining_uses"] == 1
+    assert uow.events == []
+
+
+async def test_a_revoked_benefit_leaves_the_view_and_the_others_stay() -> None:
+    uow, store = fresh()
+    await handle(on_benefit_granted, event(granted("b1"), member_id="m1"), uow)
+    await handle(on_benefit_granted, event(granted("b2", code="care_pack"), member_id="m1"), uow)
+    await handle(
+        on_benefit_revoked, event(BenefitRevoked(benefit_id="b1", code="priority_booking"), member_id="m1"), uow
+    )
+    assert list(store.rows["m1"].benefits) == ["b2"]
+
+
+async def test_a_revocation_for_a_member_without_a_view_gives_them_an_empty_one() -> None:
+    uow, store = fresh()
+    await handle(on_benefit_revoked, event(BenefitRevoked(benefit_id="b9", code="care_pack"), member_id="m3"), uow)
+    assert store.rows["m3"] == StatusDocument()
+
+
+def test_the_consumer_takes_the_view_events_and_the_programme_versions() -> None:
+    expected: set[type[EventData]] = {
+        PointsChanged,
+        TierChanged,
+        TierProgressChanged,
+        BenefitGranted,
+        BenefitRedeemed,
+        BenefitRevoked,
+        PolicyChanged,
+    }
+    assert set(HANDLERS) == expected
+    assert HANDLERS[PolicyChanged] == policies.on_policy_changed  # the shared store keeps the versions
