@@ -39,8 +39,7 @@ async def _member(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Row[Any]
     if row is None:
         # another chain's member does not exist for this key
         raise NotFound("No such member.")
-    member: Row[Any] = row
-    return member
+    return row
 
 
 async def benefits_of(

@@ -234,6 +234,48 @@ def test_a_review_that_keeps_silver_grants_the_next_tier_years_skin_check_exactl
     assert datetime.fromisoformat(fresh["valid_from"]) == review_at
 
 
+def test_a_chain_in_los_angeles_begins_its_tier_years_on_its_own_local_day(api: Api, stack: Stack) -> None:
+    from shared.platform import add_api_key, upsert_chain
+
+    chain_id = f"la-{uuid.uuid4().hex[:8]}"
+
+    async def la_chain_key() -> str:
+        engine = create_async_engine(stack.settings().database_url)
+        try:
+            await upsert_chain(engine, chain_id, "Los Angeles Clinics", timezone="America/Los_Angeles")
+            return await add_api_key(engine, chain_id, ["app", "pos"], name=f"{chain_id}-app")
+        finally:
+            await engine.dispose()
+
+    key = asyncio.run(la_chain_key())
+
+    def la_items(member_id: str, code: str | None = None) -> list[dict[str, Any]]:
+        r = api.get("benefits", f"/v1/members/{member_id}/benefits", key=key)
+        assert r.status_code == 200, r.text
+        return [b for b in r.json()["items"] if code is None or b["code"] == code]
+
+    body = {"phone": "139" + str(uuid.uuid4().int)[:8], "name": "LA", "birthday": "1990-06-15"}
+    r = api.post("enrollment", "/v1/members", {**body, "home_clinic_id": "la-1", "source": "walk_in"}, key=key)
+    assert r.status_code == 201, r.text
+    member_id = r.json()["member_id"]
+    eventually(lambda: la_items(member_id, "priority_booking") or None)
+    # 02:00 UTC tomorrow (after the enrolment, so not stale): 19:00 the day before in Los Angeles,
+    # 10:00 in Shanghai: the tier-year's first local day is the Los Angeles one
+    at = (datetime.now(UTC) + timedelta(days=1)).replace(hour=2, minute=0, second=0, microsecond=0)
+    la_day = at.astimezone(ZoneInfo("America/Los_Angeles")).date()
+    assert la_day != at.astimezone(SHANGHAI).date()
+    upgrade = tier_changed(member_id, "member", "silver", at)
+    publish_events(stack.broker.bootstrap, [new_event(upgrade.data, member_id=member_id, chain_id=chain_id)])
+
+    [check] = eventually(lambda: la_items(member_id, "annual_skin_check") or None)
+    assert check["period"] == la_day.isoformat()
+    assert check["status"] == "active" and check["remaining_uses"] == 1 and check["tier"] == "silver"
+    assert datetime.fromisoformat(check["valid_from"]) == at
+    assert datetime.fromisoformat(check["valid_until"]) == at + timedelta(days=365)
+    # the chain's key sees its member; the demo chain's does not
+    is_problem(api.get("benefits", f"/v1/members/{member_id}/benefits", key=POS), 404)
+
+
 # ---- per-chain policy (last: it changes the chain's programme for a moment) ----------------------
 
 
