@@ -33,7 +33,7 @@ def _view(e: domain.Entitlement, now: datetime) -> schemas.BenefitView:
 
 
 async def _member(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Row[Any]:
-    row = (
+    row: Row[Any] | None = (
         await uow.execute(select(members).where(members.c.member_id == member_id, members.c.chain_id == chain_id))
     ).first()
     if row is None:
