@@ -66,6 +66,7 @@ class ServiceTables:
     inbox: Table
     idempotency: Table
     dead_letters: Table
+    audit: Table
 
 
 def shared_tables(metadata: MetaData) -> ServiceTables:
@@ -100,9 +101,10 @@ def shared_tables(metadata: MetaData) -> ServiceTables:
         Column("response", JSONB),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+    from .audit import audit_table
     from .dead_letters import dead_letters_table
 
-    return ServiceTables(outbox, inbox, idempotency, dead_letters_table(metadata))
+    return ServiceTables(outbox, inbox, idempotency, dead_letters_table(metadata), audit_table(metadata))
 
 
 def shard_of(key: str, shards: int) -> int:

@@ -12,8 +12,6 @@ not applied again, so a re-drive is exactly once however often it is asked for.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from datetime import datetime
@@ -42,8 +40,9 @@ from .api import CtxDep, OpsKey, current_correlation_id
 from .consumer import Handlers, Prepare, apply_events, is_transient
 from .db import Database, UnitOfWork
 from .events import UndecodableEvent, decode, parse
+from .pagination import decode_cursor, encode_cursor
 from .platform import Principal
-from .problems import Conflict, InvalidRequest, NotFound
+from .problems import Conflict, NotFound
 from .schemas import Strict
 
 log = logging.getLogger(__name__)
@@ -190,21 +189,11 @@ def _view(row: Any) -> DeadLetter:
 
 
 def _cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"dl:{seq}".encode()).decode().rstrip("=")
+    return encode_cursor("dl", seq)
 
 
 def _after(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        seq = int(raw.removeprefix("dl:")) if raw.startswith("dl:") else -1
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        seq = -1
-    if not 0 < seq < 2**63:
-        raise InvalidRequest(
-            "The cursor is not one this API returned.",
-            errors=[{"location": ["query", "cursor"], "message": "invalid cursor", "type": "value_error"}],
-        )
-    return seq
+    return decode_cursor("dl", cursor)
 
 
 async def _locked(uow: UnitOfWork, principal: Principal, dead_letter_id: str) -> Any:

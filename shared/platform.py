@@ -1,8 +1,13 @@
 """The platform schema: chains and their API keys, shared by all five services.
 
-Every service authenticates requests against ``platform.api_keys`` (keys stored
-as SHA-256 hashes: they are random 32-byte secrets, so a slow hash adds nothing)
-and reads a chain's time zone and webhook from ``platform.chains``.
+A key (``platform.keys``) belongs to one chain, has scopes, optionally a clinic it is bound
+to and an expiry. Its secrets (``platform.key_secrets``) are stored as SHA-256 hashes (they
+are random 32-byte secrets, so a slow hash adds nothing); a key has one secret, two during
+a rotation's grace period. Every service authenticates requests against them and reads a
+chain's time zone and webhook from ``platform.chains``.
+
+Scopes: ``pos`` and ``app`` for the systems that call the APIs, ``ops`` for a chain's IT
+operations (everything within its chain), ``platform`` above ``ops`` (onboarding chains).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, func, select
+from sqlalchemy import ARRAY, Column, DateTime, ForeignKey, Index, MetaData, Table, Text, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -22,7 +28,7 @@ from .cache import TTLCache
 log = logging.getLogger(__name__)
 
 SCHEMA = "platform"
-SCOPES = ("pos", "app", "ops")
+SCOPES = ("pos", "app", "ops", "platform")
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -37,15 +43,32 @@ chains = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-api_keys = Table(
-    "api_keys",
+keys = Table(
+    "keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("chain_id", Text, ForeignKey("platform.chains.chain_id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("clinic_id", Text),
+    Column("prefix", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Index("keys_chain", "chain_id", "created_at"),
+)
+
+key_secrets = Table(
+    "key_secrets",
     metadata,
     Column("key_hash", Text, primary_key=True),
-    Column("chain_id", Text, nullable=False),
-    Column("scopes", ARRAY(Text), nullable=False),
-    Column("name", Text, nullable=False),
+    Column("key_id", Text, ForeignKey("platform.keys.key_id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("revoked_at", DateTime(timezone=True)),
+    #: NULL while the secret is the key's current one; set when a rotation replaces it (the grace period)
+    Column("valid_until", DateTime(timezone=True)),
+    Index("key_secrets_key", "key_id"),
 )
 
 
@@ -64,16 +87,27 @@ class Chain:
 
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling: a key of one chain, with its scopes, maybe bound to one clinic."""
+
     chain_id: str
     scopes: frozenset[str]
     key_name: str
+    key_id: str = ""
+    clinic_id: str | None = None
 
     def allows(self, scope: str) -> bool:
-        return "ops" in self.scopes or scope in self.scopes
+        """``platform`` may do everything, ``ops`` everything within its chain but ``platform``'s part."""
+        if "platform" in self.scopes or scope in self.scopes:
+            return True
+        return "ops" in self.scopes and scope != "platform"
 
     @property
     def is_ops(self) -> bool:
-        return "ops" in self.scopes
+        return self.allows("ops")
+
+    def may_act_for_clinic(self, clinic_id: str) -> bool:
+        """A key bound to a clinic acts for that clinic only."""
+        return self.clinic_id is None or self.clinic_id == clinic_id
 
 
 class PlatformStore:
@@ -87,16 +121,36 @@ class PlatformStore:
         self._chain_ids: TTLCache[str, tuple[str, ...]] = TTLCache(cache_seconds)
 
     async def principal(self, key: str) -> Principal | None:
+        """The key's principal, None when the secret is unknown, revoked, expired or past its rotation's
+        grace. Cached for ``cache_seconds``: a revocation takes effect on every service within that."""
+
         async def load() -> Principal | None:
-            async with self.engine.connect() as conn:
+            now = func.now()
+            async with self.engine.begin() as conn:
                 row = (
                     await conn.execute(
-                        select(api_keys.c.chain_id, api_keys.c.scopes, api_keys.c.name).where(
-                            api_keys.c.key_hash == h, api_keys.c.revoked_at.is_(None)
+                        select(keys.c.key_id, keys.c.chain_id, keys.c.scopes, keys.c.name, keys.c.clinic_id)
+                        .join(key_secrets, key_secrets.c.key_id == keys.c.key_id)
+                        .where(
+                            key_secrets.c.key_hash == h,
+                            keys.c.revoked_at.is_(None),
+                            or_(keys.c.expires_at.is_(None), keys.c.expires_at > now),
+                            or_(key_secrets.c.valid_until.is_(None), key_secrets.c.valid_until > now),
                         )
                     )
                 ).first()
-            return Principal(row.chain_id, frozenset(row.scopes), row.name) if row else None
+                if row is not None:  # at most one write per key and minute, whatever the traffic
+                    await conn.execute(
+                        update(keys)
+                        .where(
+                            keys.c.key_id == row.key_id,
+                            or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < now - timedelta(minutes=1)),
+                        )
+                        .values(last_used_at=now)
+                    )
+            if row is None:
+                return None
+            return Principal(row.chain_id, frozenset(row.scopes), row.name, row.key_id, row.clinic_id)
 
         h = hash_key(key)
         return await self._keys.get_or_load(h, load)
@@ -113,6 +167,15 @@ class PlatformStore:
         """The chain's time zone (see :func:`chain_timezone`)."""
         async with self.engine.connect() as conn:
             return await chain_timezone(conn, chain_id)
+
+    def forget_keys(self) -> None:
+        """Drop cached keys (this process changed one; the others see it within ``cache_seconds``)."""
+        self._keys.invalidate()
+
+    def forget_chain(self, chain_id: str) -> None:
+        self._chains.invalidate(chain_id)
+        self._chain_ids.invalidate()
+        _timezones.invalidate(chain_id)
 
     async def chain_ids(self) -> tuple[str, ...]:
         """Every chain's id (what a scheduled job runs for), cached like keys."""
@@ -151,29 +214,75 @@ async def upsert_chain(
         )
 
 
-async def add_api_key(
-    engine: AsyncEngine, chain_id: str, scopes: list[str], *, name: str, key: str | None = None
-) -> str:
-    """Store a key (hashed) and return it in the clear: the only time it is shown."""
+def new_secret() -> str:
+    return "mk_" + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def prefix_of(secret: str) -> str:
+    """What a listing shows of a secret: enough to tell keys apart, too little to use."""
+    return secret[:7]
+
+
+async def insert_key(
+    conn: AsyncConnection,
+    chain_id: str,
+    scopes: list[str],
+    *,
+    name: str,
+    secret: str | None = None,
+    key_id: str | None = None,
+    clinic_id: str | None = None,
+    expires_at: datetime | None = None,
+    created_by: str | None = None,
+) -> tuple[str, str]:
+    """Store a new key and its secret (hashed) in the caller's transaction; returns (key_id, secret), the
+    only time the secret is shown. A secret already stored is left as it is: re-seeding a fixed
+    development key never un-revokes or changes it."""
     unknown = set(scopes) - set(SCOPES)
-    if unknown:
-        raise ValueError(f"unknown scopes {sorted(unknown)}")
-    key = key or "mk_" + secrets.token_urlsafe(32)
-    async with engine.begin() as conn:
-        await conn.execute(
-            pg_insert(api_keys)
-            .values(
-                key_hash=hash_key(key),
-                chain_id=chain_id,
-                scopes=scopes,
-                name=name,
-            )
-            .on_conflict_do_update(
-                index_elements=["key_hash"],
-                set_={"chain_id": chain_id, "scopes": scopes, "name": name, "revoked_at": None},
-            )
+    if unknown or not scopes:
+        raise ValueError(f"unknown scopes {sorted(unknown)}" if unknown else "a key needs at least one scope")
+    secret = secret or new_secret()
+    h = hash_key(secret)
+    known = await conn.scalar(select(key_secrets.c.key_id).where(key_secrets.c.key_hash == h))
+    if known is not None:
+        return known, secret
+    key_id = key_id or new_key_id()
+    await conn.execute(
+        keys.insert().values(
+            key_id=key_id,
+            chain_id=chain_id,
+            name=name,
+            scopes=scopes,
+            clinic_id=clinic_id,
+            prefix=prefix_of(secret),
+            expires_at=expires_at,
+            created_by=created_by,
         )
-    return key
+    )
+    await conn.execute(key_secrets.insert().values(key_hash=h, key_id=key_id))
+    return key_id, secret
+
+
+async def add_api_key(
+    engine: AsyncEngine,
+    chain_id: str,
+    scopes: list[str],
+    *,
+    name: str,
+    key: str | None = None,
+    clinic_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> str:
+    """Store a key (hashed) and return its secret in the clear: the only time it is shown."""
+    async with engine.begin() as conn:
+        _, secret = await insert_key(
+            conn, chain_id, scopes, name=name, secret=key, clinic_id=clinic_id, expires_at=expires_at
+        )
+    return secret
 
 
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")

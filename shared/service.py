@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from .api import ServiceContext, create_service_app
+from .audit import audit_router
 from .clock import Clock, OffsetFileClock, SystemClock
 from .consumer import ConsumerRunner, Handlers, Prepare
 from .db import Database, ServiceTables
@@ -87,7 +88,7 @@ def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | 
 def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(defn, settings)
-    routers = [*defn.routers]
+    routers = [*defn.routers, audit_router()]
     if defn.handlers:
         routers.append(dead_letter_router(defn.handlers, defn.prepare))
     return create_service_app(ctx, routers, title=f"membership {defn.name}", description=defn.description)

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     clock_file: Path | None = None  # tests only: a file with a time offset in seconds (see shared.clock)
 
     api_key_cache_seconds: float = Field(5.0, ge=0)
+    #: how long a rotated key's previous secret keeps working
+    key_rotation_grace_seconds: int = Field(24 * 3600, ge=0)
     log_level: str = "INFO"
     data_dir: Path = Path(".data")
 

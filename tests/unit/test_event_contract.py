@@ -212,9 +212,14 @@ def test_a_later_snapshot_replaces_the_earlier_one_in_the_fake_too() -> None:
 
     def progress(spend: int) -> TierProgressChanged:
         return TierProgressChanged(
-            tier="member", next_tier="silver", spend_fen=spend, spend_needed_fen=0, points=0, points_needed=0,
+            tier="member",
+            next_tier="silver",
+            spend_fen=spend,
+            spend_needed_fen=0,
+            points=0,
+            points_needed=0,
             policy_version=1,
-        )  # fmt: skip
+        )
 
     uow.publish(progress(1), member_id="m1", chain_id="c", replaces=("progress", "m1"))
     uow.publish(progress(2), member_id="m1", chain_id="c", replaces=("progress", "m1"))
