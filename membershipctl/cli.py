@@ -463,6 +463,71 @@ def schedules_run(as_of: AsOf = None) -> None:
     show(run(lambda: state.api().post("benefits", "/v1/benefits/schedules/run", _as_of_body(as_of))))
 
 
+# ---- pipeline health ----------------------------------------------------------------------------
+
+
+def _status_table(rows: list[dict[str, Any]]) -> Table:
+    def up(flag: bool) -> str:
+        return "[green]up[/green]" if flag else "[red]DOWN[/red]"
+
+    table = Table(
+        "service",
+        "api",
+        "worker",
+        "consumer lag",
+        "outbox backlog",
+        "oldest unpublished",
+        "dead letters",
+        "last error",
+        title="membership pipeline",
+    )
+    for r in rows:
+        lag = ", ".join(f"{t.removeprefix('membership.')}={n}" for t, n in sorted(r["consumer_lag"].items())) or "-"
+        age = r["outbox_oldest_age_seconds"]
+        table.add_row(
+            r["service"],
+            up(r["api_up"]),
+            up(r["worker_up"]),
+            lag,
+            _cell(r["outbox_backlog"]),
+            f"{age:.1f} s" if age is not None else "-",
+            _cell(r["dead_letters_parked"]),
+            (r["last_error"] or "-")[:60],
+        )
+    return table
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Every service: API and worker up, consumer lag per topic, outbox backlog and its oldest row's
+    age, dead letters parked, last error. Exits 3 when a process is down."""
+    from .status import healthy, pipeline_status
+
+    rows = run(lambda: pipeline_status(state.api()))
+    if watch and not state.json:
+        import time
+
+        from rich.live import Live
+
+        with Live(_status_table(rows), console=out, refresh_per_second=4) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    rows = pipeline_status(state.api())
+                    live.update(_status_table(rows))
+            except KeyboardInterrupt:
+                pass
+    elif state.json:
+        print(json.dumps(rows, default=str), flush=True)
+    else:
+        out.print(_status_table(rows))
+    if not healthy(rows):
+        raise typer.Exit(UNAVAILABLE)
+
+
 def main() -> None:
     try:
         app()

@@ -26,6 +26,7 @@ from .clock import Clock, OffsetFileClock, SystemClock
 from .consumer import ConsumerRunner, Handlers, Prepare
 from .db import Database, ServiceTables
 from .dead_letters import dead_letter_router
+from .health import LAST_ERROR, health_router, refresh_gauges
 from .kafka import ensure_topics, make_producer
 from .observability import configure_logging
 from .outbox import OutboxRelay
@@ -88,7 +89,7 @@ def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | 
 def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(defn, settings)
-    routers = [*defn.routers, audit_router()]
+    routers = [*defn.routers, audit_router(), health_router()]
     if defn.handlers:
         routers.append(dead_letter_router(defn.handlers, defn.prepare))
     return create_service_app(ctx, routers, title=f"membership {defn.name}", description=defn.description)
@@ -111,8 +112,12 @@ def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedu
     async def retention(ctx: ServiceContext, run: JobRun) -> None:
         await purge(ctx.db, defn.name)
 
+    async def gauges(ctx: ServiceContext, run: JobRun) -> None:
+        await refresh_gauges(ctx.db, defn.name)
+
     return [
         *defn.schedules,
+        Schedule(name="pipeline-gauges", run=gauges, interval_seconds=15.0),
         Schedule(name="retention", run=retention, interval_seconds=settings.retention_interval_seconds),
     ]
 
@@ -134,19 +139,36 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
             log.warning("readiness: database unreachable", exc_info=True)
             return False
 
-    tasks.append(
-        asyncio.create_task(
-            serve_worker_endpoint(
-                settings.host, settings.worker_port_of(defn.name), service=defn.name, ready=ready, stop=stop
-            ),
-            name="endpoint",
-        )
-    )
+    runner = None
     if defn.handlers:
         runner = ConsumerRunner(
             service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer, prepare=defn.prepare
         )
         tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
+
+    def status() -> dict[str, object]:
+        lag: dict[str, int] = {}
+        for tp, n in (runner.lag if runner else {}).items():
+            lag[tp.topic] = lag.get(tp.topic, 0) + n
+        return {
+            "tasks": {t.get_name(): not t.done() for t in tasks},
+            "consumer_lag": lag,
+            "last_error": LAST_ERROR.document(),
+        }
+
+    tasks.append(
+        asyncio.create_task(
+            serve_worker_endpoint(
+                settings.host,
+                settings.worker_port_of(defn.name),
+                service=defn.name,
+                ready=ready,
+                stop=stop,
+                status=status,
+            ),
+            name="endpoint",
+        )
+    )
     tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in worker_schedules(defn, settings)]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
     died = False

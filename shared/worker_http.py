@@ -1,4 +1,4 @@
-"""A worker's operations endpoint: ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``.
+"""A worker's operations endpoint: ``/metrics`` (Prometheus text), ``/healthz``, ``/readyz``, ``/status``.
 
 Workers have no web framework to hang these on, and need none: this is a few lines of
 asyncio serving GET requests, so a scraper sees the consumer's lag, dead letters, relay and
@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .observability import metrics
 
@@ -35,9 +36,16 @@ def _problem(status: int, title: str) -> bytes:
 
 
 async def serve(
-    host: str, port: int, *, service: str, ready: Callable[[], Awaitable[bool]], stop: asyncio.Event
+    host: str,
+    port: int,
+    *,
+    service: str,
+    ready: Callable[[], Awaitable[bool]],
+    stop: asyncio.Event,
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Serve until ``stop`` is set. ``ready()`` answers /readyz (the worker's own checks)."""
+    """Serve until ``stop`` is set. ``ready()`` answers /readyz (the worker's own checks), ``status()``
+    /status (its tasks, consumer lag and last error, for ``membershipctl status``)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -52,6 +60,9 @@ async def serve(
                 out = _response(
                     200, json.dumps({"status": "ok", "service": service, "role": "worker"}).encode(), "application/json"
                 )
+            elif path == "/status":
+                doc = {"service": service, "role": "worker", **(status() if status else {})}
+                out = _response(200, json.dumps(doc, default=str).encode(), "application/json")
             elif path == "/readyz":
                 ok = await ready()
                 out = _response(
