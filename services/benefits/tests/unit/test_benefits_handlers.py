@@ -7,10 +7,13 @@ The SQL behind the real store is exercised by the integration tests.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from memory_store import InMemoryStore
 
 from benefits import domain
@@ -304,3 +307,38 @@ async def test_a_purchase_is_judged_by_the_tier_held_when_it_was_made_not_the_ti
     assert (pack.period, pack.tier) == ("p-1", "gold")
     assert [g.code for g in uow.published(BenefitGranted)] == ["care_pack"]
     assert domain.tier_held_at(DEFAULT_POLICY, store.changes["m1"], T0 + timedelta(days=5)) == "gold"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    gaps=st.lists(st.integers(1, 72), min_size=1, max_size=3),
+    bought_after=st.integers(0, 240),
+    arrives_after=st.integers(0, 3),
+)
+def test_whether_a_purchase_earns_a_care_pack_does_not_depend_on_where_it_arrives_among_upgrades(
+    gaps: list[int], bought_after: int, arrives_after: int
+) -> None:
+    """Upgrades (member -> silver -> gold -> diamond, in order, as tiering publishes them) and one large
+    purchase made at any time: wherever the purchase arrives among the upgrades, the member ends with a
+    care pack for it exactly when the tier held when it was made has one."""
+    tiers = RANK[: len(gaps) + 1]
+    times = [T0 + timedelta(hours=sum(gaps[: i + 1])) for i in range(len(gaps))]
+    upgrades = [tier_change(a, b, at) for a, b, at in zip(tiers[:-1], tiers[1:], times, strict=True)]
+    bought = purchase("p-1", 600_000, T0 + timedelta(hours=bought_after))
+
+    async def packs(purchase_after: int) -> list[tuple[str | None, domain.Status]]:
+        store = InMemoryStore()
+        await apply(store, on_member_enrolled, enrolment(at=T0 - timedelta(hours=1)))
+        for upgrade in upgrades[:purchase_after]:
+            await apply(store, on_tier_changed, upgrade)
+        await apply(store, on_purchase_recorded, bought)
+        for upgrade in upgrades[purchase_after:]:
+            await apply(store, on_tier_changed, upgrade)
+        return [(e.period, e.status) for e in store.of("m1", "care_pack")]
+
+    held = domain.tier_held_at(
+        DEFAULT_POLICY, [domain.TierChange(u.effective_at, u.to_tier) for u in upgrades], bought.occurred_at
+    )
+    expected = [("p-1", "active")] if held in {"gold", "diamond"} else []
+    assert asyncio.run(packs(min(arrives_after, len(upgrades)))) == expected
+    assert asyncio.run(packs(len(upgrades))) == expected
