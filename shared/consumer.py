@@ -120,6 +120,7 @@ async def apply_events(
     for event in todo:
         uow.correlation_id = event.correlationid or event.id
         uow.causation_id = event.id
+        uow.imported = event.imported  # what an imported event causes is imported too
         with correlation_scope(uow.correlation_id):
             await handlers[type(event.data)](event, uow)
     return todo

@@ -134,6 +134,8 @@ class Unit:
     clock: Clock
     correlation_id: str | None = None
     causation_id: str | None = None
+    #: the events published are part of an imported history (see CloudEvent.imported)
+    imported: bool = False
     pending: list[CloudEvent[Any] | None] = field(default_factory=list)
     #: TEMPORARY, until every service keeps its batch state in a typed ``state(Batch)``
     memo: dict[Any, Any] = field(default_factory=dict)
@@ -163,6 +165,7 @@ class Unit:
             correlation_id=self.correlation_id,
             causation_id=self.causation_id,
             time=time or self.now(),
+            imported=self.imported,
         )
         if replaces is not None and replaces in self._replaceable:
             self.pending[self._replaceable.pop(replaces)] = None  # dropped at flush, order kept

@@ -291,6 +291,9 @@ class CloudEvent(BaseModel, Generic[D]):
     chainid: str
     correlationid: str | None = None
     causationid: str | None = None
+    #: extension: the event comes from an imported history (bulk import), or was caused by one; it
+    #: changes points, tiers and benefits like any other, but nobody is notified of it
+    imported: bool = False
     data: D
 
     @field_validator("time")
@@ -325,8 +328,10 @@ def new_event(
     correlation_id: str | None = None,
     causation_id: str | None = None,
     time: datetime | None = None,
+    imported: bool = False,
 ) -> CloudEvent[D]:
     return envelope_of(type(data))(
+        imported=imported,
         source=f"membership/{data.publisher}",
         type=type(data).__name__,
         subject=member_id,

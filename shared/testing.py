@@ -53,6 +53,7 @@ async def handle(handler: Handler, event: CloudEvent[Any], uow: FakeUnitOfWork) 
     """Apply one event as the consumer runner does (correlated, caused by the event) and commit."""
     uow.correlation_id = event.correlationid or event.id
     uow.causation_id = event.id
+    uow.imported = event.imported
     await handler(event, uow)
     await uow.commit()
     return uow
