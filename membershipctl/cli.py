@@ -42,6 +42,10 @@ reviews_app = typer.Typer(help="Tier reviews.", no_args_is_help=True)
 expiry_app = typer.Typer(help="Points expiry.", no_args_is_help=True)
 referrals_app = typer.Typer(help="Referral completion.", no_args_is_help=True)
 schedules_app = typer.Typer(help="Benefits' scheduled grants (birthday vouchers).", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Load a chain's existing members and POS history (CSV or NDJSON), resumable.", no_args_is_help=True
+)
+rebuild_app = typer.Typer(help="Rebuild derived views from the services that own the data.", no_args_is_help=True)
 app.add_typer(chains_app, name="chains")
 app.add_typer(keys_app, name="keys")
 app.add_typer(dead_app, name="dead-letters")
@@ -50,6 +54,8 @@ app.add_typer(reviews_app, name="reviews")
 app.add_typer(expiry_app, name="expiry")
 app.add_typer(referrals_app, name="referrals")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(import_app, name="import")
+app.add_typer(rebuild_app, name="rebuild")
 
 out = Console()
 err = Console(stderr=True)
@@ -526,6 +532,67 @@ def status(
         out.print(_status_table(rows))
     if not healthy(rows):
         raise typer.Exit(UNAVAILABLE)
+
+
+# ---- bulk import --------------------------------------------------------------------------------
+
+ImportFile = Annotated[Path, typer.Argument(help="CSV (with a header row) or NDJSON (.ndjson/.jsonl).")]
+BatchSize = Annotated[int, typer.Option(help="Rows per request (one transaction each), at most 1000.")]
+Restart = Annotated[bool, typer.Option(help="Ignore FILE.progress and start from the first row.")]
+
+
+def _import(kind: Kind, file: Path, batch_size: int, restart: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .importer import import_file, progress_path, rejects_path
+
+    resuming = progress_path(file).exists() and not restart
+    columns = (
+        TextColumn(f"importing {kind}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]} rows, {task.fields[rate]} rows/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, disable=state.json) as bar:
+        task = bar.add_task(kind, total=max(1, file.stat().st_size) if file.is_file() else 1, rows=0, rate="-")
+
+        def moved(done: int, total: int, s: Any) -> None:
+            bar.update(task, completed=done, total=max(1, total), rows=s.rows, rate=f"{s.rows_per_second:,.0f}")
+
+        summary = run(
+            lambda: import_file(state.api(), kind, file, batch_size=batch_size, restart=restart, on_progress=moved)
+        )
+    doc = {
+        "file": str(file),
+        "kind": kind,
+        "resumed_at_row": summary.resumed_at_row if resuming else 0,
+        "rows": summary.rows,
+        "created": summary.created,
+        "exists": summary.exists,
+        "rejected": summary.rejected,
+        "seconds": round(summary.seconds, 2),
+        "rows_per_second": round(summary.rows_per_second, 1),
+        "rejects_file": str(rejects_path(file)) if summary.rejected else None,
+    }
+    show(doc, list(doc), title=f"import {kind}")
+    if summary.rejected:
+        raise typer.Exit(REFUSED)
+
+
+@import_app.command("members")
+def import_members(file: ImportFile, batch_size: BatchSize = 500, restart: Restart = False) -> None:
+    """Enrol a file of members (phone, name, birthday, home_clinic_id, source; optional member_id,
+    enrolled_at, email, consents). Rows already enrolled are counted as exists."""
+    _import("members", file, batch_size, restart)
+
+
+@import_app.command("purchases")
+def import_purchases(file: ImportFile, batch_size: BatchSize = 500, restart: Restart = False) -> None:
+    """Record a file of past purchases (as POST /v1/purchases; occurred_at may be years back). Points,
+    tiers and benefits come out as if the history had been lived; no member is notified of it."""
+    _import("purchases", file, batch_size, restart)
 
 
 def main() -> None:
