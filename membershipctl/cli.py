@@ -23,6 +23,7 @@ from rich.table import Table
 from shared.settings import SERVICES
 
 from .client import OK, REFUSED, UNAVAILABLE, USAGE, Client, CliError
+from .importer import Kind
 
 T = TypeVar("T")
 
