@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .api import CtxDep, OpsKey, current_correlation_id
+from .audit import record_audit
 from .consumer import Handlers, Prepare, apply_events, is_transient
 from .db import Database, UnitOfWork
 from .events import UndecodableEvent, decode, parse
@@ -237,7 +238,16 @@ def dead_letter_router(handlers: Handlers, prepare: Prepare | None) -> APIRouter
                 if event.chainid != principal.chain_id:
                     raise NotFound("No such dead letter.")
                 applied = await apply_events(uow, [event], handlers, prepare)
+                uow.correlation_id = current_correlation_id()  # the audit entry belongs to the request
                 done = (await uow.execute(_resolve(uow, row, "redriven", principal))).one()
+                await record_audit(
+                    uow,
+                    principal,
+                    action="dead_letter.redrive",
+                    target=f"dead_letter:{dead_letter_id}",
+                    before={"status": row.status, "event_id": row.event_id, "type": row.event_type},
+                    after={"status": "redriven", "applied": bool(applied)},
+                )
         except (Conflict, NotFound):
             raise
         except Exception as exc:
@@ -306,6 +316,14 @@ def dead_letter_router(handlers: Handlers, prepare: Prepare | None) -> APIRouter
             if row.status != "parked":
                 raise Conflict(f"This dead letter is {row.status}; only a parked one can be discarded.")
             done = (await uow.execute(_resolve(uow, row, "discarded", principal))).one()
+            await record_audit(
+                uow,
+                principal,
+                action="dead_letter.discard",
+                target=f"dead_letter:{dead_letter_id}",
+                before={"status": row.status, "event_id": row.event_id, "type": row.event_type},
+                after={"status": "discarded"},
+            )
         return _view(done)
 
     return router

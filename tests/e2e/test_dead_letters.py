@@ -95,6 +95,13 @@ def test_a_poison_event_is_parked_listed_redriven_after_the_fix_and_applied_once
     ledger = api.get("points", f"/v1/members/{member_id}/points/ledger", key=APP).json()["items"]
     assert [e["delta"] for e in ledger] == [600]
 
+    # the re-drive is in points' audit log, with the operator's key
+    audit = api.get("points", "/v1/audit", key=OPS, params={"action": "dead_letter.redrive"}).json()["items"]
+    [entry] = [a for a in audit if a["target"] == f"dead_letter:{parked['dead_letter_id']}"]
+    assert entry["actor_name"] == "demo-ops" and entry["actor_key_id"].startswith("key_")
+    assert entry["before"]["event_id"] == purchase.id and entry["after"] == {"status": "redriven", "applied": True}
+    assert api.get("points", "/v1/audit", key=other_chain_key).json()["items"] == []
+
 
 def test_a_dead_letter_can_be_discarded_once(api: Api, stack: Any) -> None:
     purchase = _purchase(str(uuid.uuid4()), 10_000)
