@@ -1,5 +1,6 @@
 """The enrollment service, described once for the shared runner."""
 
+from shared.admin import admin_router
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
@@ -10,7 +11,8 @@ from .tables import shared
 SERVICE = ServiceDefinition(
     name="enrollment",
     tables=shared,
-    routers=[router],
+    # platform administration (chains and keys) is served by enrollment (SPEC §7)
+    routers=[router, admin_router()],
     handlers=HANDLERS,
     schedules=[Schedule("complete-referrals", complete_referrals)],
     description="Members, referral codes, purchase and activity intake, the member status view.",
