@@ -30,7 +30,9 @@ PROBES = {
 }
 
 
-def ctl(stack: Any, *args: str, key: str | None = OPS, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def ctl(
+    stack: Any, *args: str, key: str | None = OPS, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``membershipctl ARGS`` as a user runs it, pointed at the suite's stack."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MEMBERSHIP_")}
     for s in SERVICES:
@@ -69,8 +71,19 @@ def test_bootstrap_creates_the_first_chain_and_key_once_on_an_empty_database(sta
     fresh = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
     env = {"MEMBERSHIP_DATABASE_URL": fresh}
     try:
-        first = ctl(stack, "--json", "bootstrap", "--chain-id", "acme", "--name", "Acme Clinics",
-                    "--timezone", "America/Los_Angeles", key=None, env=env)
+        first = ctl(
+            stack,
+            "--json",
+            "bootstrap",
+            "--chain-id",
+            "acme",
+            "--name",
+            "Acme Clinics",
+            "--timezone",
+            "America/Los_Angeles",
+            key=None,
+            env=env,
+        )
         assert first.returncode == 0, first.stderr
         created = json.loads(first.stdout)
         assert created["chain_id"] == "acme" and created["key"].startswith("mk_") and created["key_id"]
@@ -111,7 +124,7 @@ def test_a_key_is_created_used_rotated_and_revoked_on_every_service(api: Api, st
     assert api.get("points", "/v1/audit", key=secret).status_code == 401
 
     newest = ctl_json(stack, "keys", "list")["items"]
-    assert [k for k in newest if k["key_id"] == key_id][0]["revoked_at"] is None
+    assert next(k for k in newest if k["key_id"] == key_id)["revoked_at"] is None
     done = ctl(stack, "keys", "revoke", key_id)
     assert done.returncode == 0, done.stderr
     refused = _accepted_everywhere(api, new)
@@ -122,8 +135,12 @@ def test_a_key_is_created_used_rotated_and_revoked_on_every_service(api: Api, st
     # and the trail names the operator who did each
     trail = ctl_json(stack, "audit", "--since", "1h", "--service", "enrollment")
     actions = [(e["action"], e["target"]) for e in trail if e["target"] == f"key:{key_id}"]
-    assert actions == [("key.create", f"key:{key_id}"), ("key.rotate", f"key:{key_id}"),
-                       ("key.rotate", f"key:{key_id}"), ("key.revoke", f"key:{key_id}")]
+    assert actions == [
+        ("key.create", f"key:{key_id}"),
+        ("key.rotate", f"key:{key_id}"),
+        ("key.rotate", f"key:{key_id}"),
+        ("key.revoke", f"key:{key_id}"),
+    ]
     assert {e["actor_name"] for e in trail if e["target"] == f"key:{key_id}"} == {"demo-ops"}
 
 
@@ -163,11 +180,13 @@ def test_a_platform_key_onboards_a_second_chain_whose_keys_see_only_it(api: Api,
 
     platform = asyncio.run(platform_key())
     chain_id = f"second-{uuid.uuid4().hex[:6]}"
-    chain = ctl_json(stack, "chains", "create", chain_id, "--name", "Second Clinics", "--timezone", "Asia/Tokyo",
-                     key=platform)
+    chain = ctl_json(
+        stack, "chains", "create", chain_id, "--name", "Second Clinics", "--timezone", "Asia/Tokyo", key=platform
+    )
     assert chain["timezone"] == "Asia/Tokyo"
-    first = ctl_json(stack, "keys", "create", "--name", "second-ops", "--scope", "ops", "--chain-id", chain_id,
-                     key=platform)
+    first = ctl_json(
+        stack, "keys", "create", "--name", "second-ops", "--scope", "ops", "--chain-id", chain_id, key=platform
+    )
     assert first["chain_id"] == chain_id
     mine = ctl_json(stack, "keys", "list", key=first["key"])["items"]
     assert [k["key_id"] for k in mine] == [first["key_id"]]
