@@ -19,6 +19,8 @@ from notify.domain import (
     QuietHours,
     canonical_channels,
     earliest_delivery,
+    has_marketing_consent,
+    may_reach,
     select_channels,
     tier_change_kind,
 )
@@ -94,6 +96,19 @@ def test_selected_channels_are_always_wanted_and_consented(
     assert len(chosen) == len(set(chosen))
     assert ("sms" not in chosen or sms) and ("email" not in chosen or email)
     assert not (promo and not marketing and chosen)
+
+
+def test_a_message_may_reach_the_chains_backend_always_and_a_member_only_with_consent_and_an_address() -> None:
+    # what delivery checks again when a notification comes due (consents may have changed since)
+    assert may_reach("webhook", None) and may_reach("webhook", contact(sms=False, email=False))
+    assert not may_reach("sms", None) and not may_reach("email", None)
+    assert may_reach("sms", contact()) and not may_reach("sms", contact(sms=False))
+    assert not may_reach("sms", contact(phone=None)) and not may_reach("email", contact(address=None))
+
+
+def test_marketing_consent_is_unknown_and_so_missing_without_a_contact() -> None:
+    assert has_marketing_consent(contact(marketing=True))
+    assert not has_marketing_consent(contact(marketing=False)) and not has_marketing_consent(None)
 
 
 def test_only_up_and_down_tier_changes_notify() -> None:
