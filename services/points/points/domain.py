@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 from shared.policy import Earning, Policy
 
-DEFAULT_TIMEZONE = "Asia/Shanghai"
 # A purchase keyed in at the till a moment "before" the enrolment (the POS clock runs a little
 # behind ours) is still the new member's first purchase.
 ENROLMENT_CLOCK_SKEW = timedelta(minutes=5)

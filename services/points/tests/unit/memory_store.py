@@ -16,9 +16,8 @@ from zoneinfo import ZoneInfo
 from points import domain
 from points.store import Account, Entry, Member, PointsStore, PurchaseEarning, Refund
 from shared.events import CloudEvent, PolicyChanged
+from shared.platform import DEFAULT_TIMEZONE
 from shared.policy import DEFAULT_POLICY, Policy
-
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass
@@ -30,7 +29,7 @@ class StoredLot:
 
 @dataclass
 class InMemoryStore(PointsStore):
-    tz: ZoneInfo = SHANGHAI
+    tz: ZoneInfo = DEFAULT_TIMEZONE  # every member's chain's
     members: dict[str, Member] = field(default_factory=dict)
     lots: dict[str, StoredLot] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)

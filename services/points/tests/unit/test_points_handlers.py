@@ -4,6 +4,7 @@ events published and the rows kept. (The SQL store behind them is tested by the 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -21,7 +22,7 @@ from points.handlers import (
     prepare,
 )
 from points.store import Member, PointsStore
-from services.points.tests.unit.memory_store import SHANGHAI, InMemoryStore
+from services.points.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     ActivityRecorded,
     MemberEnrolled,
@@ -38,6 +39,7 @@ from shared.problems import Conflict
 from shared.testing import FakeUnitOfWork, FixedClock, event, handle
 
 CHAIN = "chain-1"
+SHANGHAI = ZoneInfo("Asia/Shanghai")  # the in-memory store's chains' time zone
 NOW = FixedClock().now()  # 2025-06-01 12:00 UTC, the clock of every unit of work here
 
 
