@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit lint bench clean-data install
+.PHONY: run test unit lint bench clean-data install catalogue
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ unit: install
 
 bench: install
 	$(BIN)/python bench/pipeline.py
+
+# the event catalogue (AsyncAPI 3.0), generated from shared/events.py and the services' definitions
+# (through a temporary file, so a failing generator leaves the committed one as it was)
+catalogue: install
+	$(BIN)/python -m shared.catalogue > docs/asyncapi.yaml.tmp && mv docs/asyncapi.yaml.tmp docs/asyncapi.yaml
 
 clean-data:
 	rm -rf .data
