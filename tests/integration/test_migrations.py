@@ -1,0 +1,116 @@
+"""Migrations match the tables: an empty database upgraded by each schema's Alembic history holds
+exactly what the schema's ``tables.py`` metadata declares (Alembic's autogenerate comparison finds
+nothing to add, drop or change).
+
+The database is a fresh one created for this module in the PostgreSQL the suite starts, so the
+running services' schemas (and their data) do not interfere; it is dropped afterwards. The module
+is not marked with ``services(...)``: it shares the whole-platform stack of the other modules of
+tests/integration and of tests/e2e instead of starting a stack of its own between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import uuid
+from collections.abc import AsyncIterator
+from pprint import pformat
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, MetaData, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from devstack.stack import Stack
+from shared.migrate import upgrade
+from shared.settings import SERVICES, Settings
+
+pytestmark = pytest.mark.integration
+
+SCHEMAS = ("platform", *SERVICES)
+#: each schema keeps its Alembic version table in itself (shared.migrate.run_env); no metadata declares it
+VERSION_TABLE = "alembic_version"
+
+
+def metadata_of(schema: str) -> MetaData:
+    """The tables a schema's code declares: shared/platform.py, or the service's tables.py."""
+    if schema == "platform":
+        from shared.platform import metadata
+
+        return metadata
+    declared: MetaData = importlib.import_module(f"{schema}.tables").metadata
+    return declared
+
+
+@pytest.fixture(scope="module")
+async def migrated(stack: Stack) -> AsyncIterator[Settings]:
+    """Settings of a new, empty database upgraded to head by every schema's migrations."""
+    base = stack.settings()
+    name = f"migrations_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(base.database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base.database_url).set(database=name).render_as_string(hide_password=False)
+    settings = base.model_copy(update={"database_url": url})
+    try:
+        # Alembic's env.py runs its own event loop (shared.migrate.run_env): give it a thread
+        await asyncio.to_thread(upgrade, settings)
+        yield settings
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def differences(connection: Connection, schema: str, metadata: MetaData) -> list[Any]:
+    """Alembic's autogenerate diff between the migrated ``schema`` and ``metadata``, that schema only."""
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        if type_ == "schema":
+            return name == schema  # reflect this schema only: the others have their own test
+        if type_ == "table":
+            return name != VERSION_TABLE  # Alembic's bookkeeping, not the service's
+        return True
+
+    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        # a table of another schema in the metadata (none today) would be that schema's concern
+        return not (type_ == "table" and (obj.schema != schema or name == VERSION_TABLE))
+
+    context = MigrationContext.configure(
+        connection=connection,
+        opts={
+            "include_schemas": True,
+            "include_name": include_name,
+            "include_object": include_object,
+            "compare_type": True,
+            # server defaults are compared as rendered SQL text, which differs between what the
+            # metadata says (e.g. "0", func.now()) and what PostgreSQL reflects ('0'::bigint, now())
+            "compare_server_default": False,
+        },
+    )
+    return list(compare_metadata(context, metadata))
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+async def test_the_migrations_create_exactly_the_declared_tables(schema: str, migrated: Settings) -> None:
+    metadata = metadata_of(schema)
+    engine = create_async_engine(migrated.database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(differences, schema, metadata)
+            tables = (
+                await conn.execute(
+                    text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert tables > 1, f"the migrations created no tables in {schema}: is the comparison looking at the right place?"
+    assert not diff, (
+        f"the migrations of {schema} and its tables differ (what an autogenerated migration would do to the "
+        f"migrated database to make it match the metadata):\n{pformat(diff, width=120)}"
+    )
