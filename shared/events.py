@@ -380,6 +380,9 @@ def decode(raw: bytes | str | dict[str, Any], types: Mapping[str, type[EventData
         if well_formed and doc.get("specversion") == "1.0" and isinstance(doc.get("data"), dict):
             raise UnknownEventType(f"unknown event type {event_type!r}")
         raise UndecodableEvent(f"unknown event type {event_type!r}")
+    if not (isinstance(doc.get("id"), str) and doc["id"]):
+        # without its own id an event could not be told from its redelivery (the inbox keys on it)
+        raise UndecodableEvent(f"{event_type} without an id")
     try:
         return envelope_of(model).model_validate(doc)
     except ValidationError as exc:

@@ -158,6 +158,16 @@ def test_a_type_no_code_knows_is_skipped_and_counted_as_unknown() -> None:
     assert _skipped("probe-d", "unknown type") == 1
 
 
+def test_an_event_without_an_id_is_dead_lettered_not_given_a_new_one_on_each_delivery() -> None:
+    doc = json.loads(new_event(_activity(), member_id="m1", chain_id="c").to_json())
+    for missing in (None, ""):
+        doc["id"] = missing
+        delivery = _runner("probe-f")._decode(_record(json.dumps(doc).encode()))
+        assert delivery.event is None and delivery.error is not None and "without an id" in delivery.error
+    del doc["id"]
+    assert "without an id" in (_runner("probe-f")._decode(_record(json.dumps(doc).encode())).error or "")
+
+
 @pytest.mark.parametrize("raw", [None, b"", b"not json", b"[1, 2]", b'{"id": "x"}', b'{"type": 5}'])
 def test_garbage_is_dead_lettered(raw: bytes | None) -> None:
     delivery = _runner("probe-e")._decode(_record(raw))
