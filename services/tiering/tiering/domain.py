@@ -41,6 +41,8 @@ def qualified_tier(policy: Policy, spend_fen: int, points: int) -> str:
 
     Thresholds increase with the tier (the policy validates it), and the lowest
     tier's are zero, so every member qualifies for at least the lowest tier.
+    :mod:`tiering.simulation` applies the same rule in SQL, to a whole chain in one query; a
+    property test (tests/integration/test_tiering_rule_agreement.py) keeps the two in agreement.
     """
     reached = lowest_tier(policy).code
     for tier in policy.tiers:

@@ -31,6 +31,10 @@ from .tables import SCHEMA
 # points over the proposal's window (qualification and the proposed discount cost); spend
 # never counts below zero. The thresholds come in as arrays: rank i qualifies when spend or
 # points reach them, and the member's rank is the highest reached (rank 0 has zero thresholds).
+# This is the qualification rule a second time, in SQL: the trailing window of
+# store.trailing_totals and domain.qualified_tier (and the override floor of domain.override_holds).
+# tests/integration/test_tiering_rule_agreement.py feeds both the same random histories and
+# policies and asserts they agree: change one, change the other.
 _SIMULATE = text(f"""
 WITH per_member AS (
     SELECT m.tier,
@@ -60,7 +64,11 @@ GROUP BY 1, 2, 3
 """)
 
 
-async def _groups(uow: UnitOfWork, *, chain_id: str, current: Policy, proposal: Policy, as_of: datetime) -> list[Any]:
+async def member_groups(
+    uow: UnitOfWork, *, chain_id: str, current: Policy, proposal: Policy, as_of: datetime
+) -> list[Any]:
+    """The chain's members grouped by (tier, floor, proposed_rank), with ``members``, ``spend_current``
+    and ``spend_proposed`` per group."""
     return list(
         (
             await uow.execute(
@@ -91,7 +99,7 @@ async def simulate(uow: UnitOfWork, *, chain_id: str, proposal: Policy) -> schem
     moves: Counter[str] = Counter({"up": 0, "down": 0, "none": 0})
     cost_current = cost_proposed = 0
     proposal_codes = {t.code for t in proposal.tiers}
-    for g in await _groups(uow, chain_id=chain_id, current=current, proposal=proposal, as_of=as_of):
+    for g in await member_groups(uow, chain_id=chain_id, current=current, proposal=proposal, as_of=as_of):
         floor = g.floor if g.floor in proposal_codes else None
         to_tier = domain.recalculated_tier(proposal, proposal.tiers[g.proposed_rank].code, floor)
         n = int(g.members)
