@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, idempotent_command
+from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.audit import record_audit
 from shared.service import JobRun
 
 from . import commands, jobs, queries, schemas
@@ -63,4 +64,7 @@ async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest
     """Grant the key's chain's birthday vouchers due as of ``as_of`` (default now); also runs on a schedule."""
     run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
     granted = await jobs.grant_birthday_vouchers(ctx, run)
-    return schemas.BirthdayRun(granted=granted, as_of=run.as_of)
+    result = schemas.BirthdayRun(granted=granted, as_of=run.as_of)
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        await record_audit(uow, principal, action="schedules.run", target=f"chain:{principal.chain_id}", after=result)
+    return result

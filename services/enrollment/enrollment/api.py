@@ -17,11 +17,13 @@ from shared.api import (
     current_correlation_id,
     idempotent_command,
 )
+from shared.audit import record_audit
 from shared.db import UnitOfWork
-from shared.problems import InvalidRequest
+from shared.platform import Principal
+from shared.problems import Forbidden, InvalidRequest
 from shared.service import JobRun
 
-from . import commands, jobs, queries, schemas
+from . import commands, imports, jobs, queries, schemas
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
 
@@ -93,7 +95,9 @@ async def member_status(member_id: str, ctx: CtxDep, principal: PosOrApp) -> sch
 async def record_purchase(
     body: schemas.PurchaseRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
-    """Record a purchase; idempotent on (clinic_id, pos_txn_id)."""
+    """Record a purchase; idempotent on (clinic_id, pos_txn_id). A key bound to a clinic records that
+    clinic's purchases only (403)."""
+    _for_clinic(principal, body.clinic_id)
 
     async def run(uow: UnitOfWork) -> tuple[int, schemas.PurchaseAccepted]:
         created, accepted = await commands.record_purchase(uow, chain_id=principal.chain_id, req=body)
@@ -109,6 +113,7 @@ async def record_activity(
     body: schemas.ActivityRequest, ctx: CtxDep, principal: PosKey, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Record an attended activity (lecture, survey, skin test...); idempotent on activity_id."""
+    _for_clinic(principal, body.clinic_id)
 
     async def run(uow: UnitOfWork) -> tuple[int, schemas.ActivityAccepted]:
         created, accepted = await commands.record_activity(uow, chain_id=principal.chain_id, req=body)
@@ -136,7 +141,7 @@ async def refund_purchase(
 
     async def run(uow: UnitOfWork) -> tuple[int, schemas.RefundAccepted]:
         created, accepted = await commands.record_refund(
-            uow, chain_id=principal.chain_id, purchase_id=purchase_id, req=body
+            uow, chain_id=principal.chain_id, purchase_id=purchase_id, req=body, clinic_id=principal.clinic_id
         )
         return (202 if created else 200), accepted
 
@@ -156,4 +161,43 @@ async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest
     runs the same job for every chain."""
     as_of = (body.as_of if body and body.as_of else None) or ctx.db.clock.now()
     completed = await jobs.complete_referrals(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
-    return schemas.ReferralRun(completed=completed, as_of=as_of)
+    result = schemas.ReferralRun(completed=completed, as_of=as_of)
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        await record_audit(uow, principal, action="referrals.run", target=f"chain:{principal.chain_id}", after=result)
+    return result
+
+
+def _for_clinic(principal: Principal, clinic_id: str) -> None:
+    if not principal.may_act_for_clinic(clinic_id):
+        raise Forbidden("This key is bound to another clinic.")
+
+
+@router.post("/members/batch", response_model=schemas.BatchResult, tags=["operations"])
+async def import_members(body: schemas.BatchRequest, ctx: CtxDep, principal: OpsKey) -> schemas.BatchResult:
+    """Enrol up to 1,000 members of an imported history in one transaction; each item is created, exists
+    (same member_id or phone) or rejected with its problem. Nobody is notified of an import."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        result = await imports.import_members(uow, chain_id=principal.chain_id, items=body.items)
+        await _audit_import(uow, principal, "import.members", result)
+    return result
+
+
+@router.post("/purchases/batch", response_model=schemas.BatchResult, tags=["operations"])
+async def import_purchases(body: schemas.BatchRequest, ctx: CtxDep, principal: OpsKey) -> schemas.BatchResult:
+    """Record up to 1,000 past purchases in one transaction, as POST /v1/purchases does each (occurred_at
+    may be years back: points, tiers and benefits land where they belong); nobody is notified."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        result = await imports.import_purchases(uow, chain_id=principal.chain_id, items=body.items)
+        await _audit_import(uow, principal, "import.purchases", result)
+    return result
+
+
+async def _audit_import(uow: UnitOfWork, principal: Principal, action: str, result: schemas.BatchResult) -> None:
+    ids = [r.id for r in result.items if r.status == "created" and r.id]
+    await record_audit(
+        uow,
+        principal,
+        action=action,
+        target=f"batch:{ids[0]}..{ids[-1]}" if ids else "batch:-",
+        after={"created": result.created, "exists": result.exists, "rejected": result.rejected},
+    )

@@ -25,7 +25,7 @@ from shared.events import (
     PurchaseRecorded,
     PurchaseRefunded,
 )
-from shared.problems import Conflict, InvalidRequest, NotFound
+from shared.problems import Conflict, Forbidden, InvalidRequest, NotFound
 
 from . import domain, schemas
 from .queries import find_by_phone, get_member
@@ -55,7 +55,15 @@ async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str
         ) from exc
 
 
-async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) -> schemas.EnrolResponse:
+async def enrol(
+    uow: UnitOfWork,
+    *,
+    chain_id: str,
+    req: schemas.EnrolRequest,
+    member_id: str | None = None,
+    enrolled_at: datetime | None = None,
+) -> schemas.EnrolResponse:
+    """Enrol a member. An import gives the ``member_id`` and ``enrolled_at`` the member already has."""
     referred_by = None
     if req.referral_code:
         referred_by = await _referrer_for(uow, chain_id=chain_id, code=req.referral_code, phone=req.phone)
@@ -63,7 +71,9 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
     if existing:
         raise Conflict("A member with this phone is already enrolled in the chain.", member_id=existing[0].member_id)
     now = uow.now()
-    member_id = str(uuid.uuid4())
+    if enrolled_at is not None:
+        _reject_future(uow, enrolled_at, "enrolled_at")
+    member_id = member_id or str(uuid.uuid4())
     seq = await uow.session.scalar(text("SELECT nextval('enrollment.member_no_seq')"))
     member_no = f"M{seq:09d}"
     code = domain.new_referral_code()
@@ -83,13 +93,13 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
                     referred_by=referred_by,
                     consents=req.consents.model_dump(),
                     email=req.email,
-                    enrolled_at=now,
+                    enrolled_at=enrolled_at or now,
                     updated_at=now,
                 )
             )
     except IntegrityError as exc:
-        # a concurrent enrolment of the same phone won the race
-        raise Conflict("A member with this phone is already enrolled in the chain.") from exc
+        # a concurrent enrolment of the same phone won the race (or, importing, the member id is taken)
+        raise Conflict("A member with this phone (or id) is already enrolled.") from exc
     if referred_by is not None:
         await uow.execute(
             referrals.insert().values(referee_id=member_id, referrer_id=referred_by, chain_id=chain_id, created_at=now)
@@ -102,7 +112,7 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
             source=req.source,
             referred_by=referred_by,
             birthday=req.birthday,
-            enrolled_at=now,
+            enrolled_at=enrolled_at or now,
             name=req.name,
             phone=req.phone,
             email=req.email,
@@ -112,7 +122,9 @@ async def enrol(uow: UnitOfWork, *, chain_id: str, req: schemas.EnrolRequest) ->
         chain_id=chain_id,
         time=now,
     )
-    return schemas.EnrolResponse(member_id=member_id, member_no=member_no, referral_code=code, enrolled_at=now)
+    return schemas.EnrolResponse(
+        member_id=member_id, member_no=member_no, referral_code=code, enrolled_at=enrolled_at or now
+    )
 
 
 async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch: schemas.MemberPatch) -> Row[Any]:
@@ -278,9 +290,15 @@ def _purchase(row: Row[Any]) -> domain.Purchase:
 
 
 async def record_refund(
-    uow: UnitOfWork, *, chain_id: str, purchase_id: str, req: schemas.RefundRequest
+    uow: UnitOfWork,
+    *,
+    chain_id: str,
+    purchase_id: str,
+    req: schemas.RefundRequest,
+    clinic_id: str | None = None,
 ) -> tuple[bool, schemas.RefundAccepted]:
-    """Record a (partial) refund once per refund_id; refunds of a purchase never exceed it."""
+    """Record a (partial) refund once per refund_id; refunds of a purchase never exceed it. ``clinic_id``:
+    the caller's key is bound to that clinic, and may refund its purchases only (403)."""
     digest = request_hash({**req.model_dump(mode="json"), "purchase_id": purchase_id})
     key = (refunds.c.chain_id == chain_id, refunds.c.refund_id == req.refund_id)
     # the purchase row lock serializes refunds of one purchase: the remaining amount is checked
@@ -294,6 +312,8 @@ async def record_refund(
     ).first()
     if row is None:
         raise NotFound("No such purchase.")
+    if clinic_id is not None and row.clinic_id != clinic_id:
+        raise Forbidden("This key is bound to another clinic.")
     purchase = _purchase(row)
     prior = (await uow.execute(select(refunds.c.request_hash).where(*key))).first()
     if prior is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
@@ -189,3 +189,35 @@ class RunRequest(Strict):
 class ReferralRun(BaseModel):
     completed: int
     as_of: datetime
+
+
+# ---- bulk import (SPEC §7) ---------------------------------------------------------------------
+
+BATCH_MAX = 1000
+
+
+class MemberImport(EnrolRequest):
+    """A member of an imported history: an enrolment, with the id and enrolment time it already has."""
+
+    member_id: str | None = Field(None, pattern=r"^[0-9a-fA-F-]{36}$")
+    enrolled_at: AwareDatetime | None = None
+
+
+class BatchRequest(Strict):
+    """Up to 1,000 items; each is validated on its own (a bad one is rejected, the others go on)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_MAX)
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    status: Literal["created", "exists", "rejected"]
+    id: str | None = None
+    problem: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    items: list[BatchItemResult]
+    created: int
+    exists: int
+    rejected: int

@@ -45,6 +45,7 @@ members = Table(
     # completed referrals of this member as referrer; incremented atomically (the 3rd is special)
     Column("referrals_completed", Integer, nullable=False, server_default="0"),
     UniqueConstraint("chain_id", "phone", name="members_chain_phone"),
+    Index("members_referred_by", "referred_by"),  # created by migration 0002
 )
 
 purchases = Table(

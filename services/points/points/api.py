@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import AppKey, CtxDep, IdempotencyKey, OpsKey, PosOrApp, idempotent_command
+from shared.api import AppKey, CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.audit import record_audit
+from shared.db import UnitOfWork
 from shared.service import JobRun
 
 from . import commands, jobs, queries, schemas
@@ -73,6 +75,19 @@ async def adjust(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Correct a member's points (ops): a credit is available at once, a debit may leave the balance negative."""
+
+    async def run(uow: UnitOfWork) -> schemas.PostedEntry:
+        posted = await commands.adjust(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
+        await record_audit(
+            uow,
+            principal,
+            action="points.adjust",
+            target=f"member:{member_id}",
+            before={"balance": posted.balance - body.delta},
+            after={"balance": posted.balance, "delta": body.delta, "reason": body.reason, "entry_id": posted.entry_id},
+        )
+        return posted
+
     return await idempotent_command(
         ctx,
         principal,
@@ -80,7 +95,7 @@ async def adjust(
         key=idempotency_key,
         body={"member_id": member_id, **body.model_dump(mode="json")},
         status=201,
-        run=lambda uow: commands.adjust(uow, chain_id=principal.chain_id, member_id=member_id, req=body),
+        run=run,
     )
 
 
@@ -91,9 +106,13 @@ async def run_expiry(
     """Run the expiry pass for the key's chain as of ``as_of`` (default now): announce, then expire (ops)."""
     as_of = (body.as_of if body else None) or ctx.db.clock.now()
     run = await jobs.expire_points(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
-    return schemas.ExpiryRunResult(
+    result = schemas.ExpiryRunResult(
         warned=run.warned, expired=run.expired, expired_points=run.expired_points, as_of=run.as_of
     )
+    # the job commits a batch at a time; its audit entry records the whole run once it is done
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        await record_audit(uow, principal, action="expiry.run", target=f"chain:{principal.chain_id}", after=result)
+    return result
 
 
 @ops_router.get("/policy", response_model=schemas.PolicyView)
