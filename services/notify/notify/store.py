@@ -1,7 +1,7 @@
 """The tables notify's event handlers use, behind one interface: :class:`NotifyStore`.
 
 :class:`SqlStore` is the real one, over the unit of work's transaction; the fast handler tests
-give the unit of work an in-memory one instead (``uow.provide(NotifyStore, InMemoryStore())``).
+give the unit of work an in-memory one instead (``uow.provide(store_key(), InMemoryStore())``).
 
 What the handlers keep: the contact projection (from MemberEnrolled/MemberUpdated), the
 members' preferences (defaults on enrolment; the API replaces them), the notifications they
