@@ -7,7 +7,7 @@ review may move a member down), so a refund or an old fact leaving the window ch
 the progress shown, not the tier.
 
 The handlers reach the tables through the transaction's :class:`~tiering.store.TieringStore`
-(:func:`store_of`), and what a consumer batch's :func:`prepare` loaded through its
+(:func:`~tiering.store.store_of`), and what a consumer batch's :func:`prepare` loaded through its
 :class:`TieringBatch` (:func:`batch_of`).
 """
 
@@ -31,7 +31,7 @@ from shared.policy import Policy
 
 from . import domain
 from .moves import publish_progress
-from .store import Fact, Member, SqlStore, TieringStore
+from .store import Fact, Member, store_of
 
 
 @dataclass
@@ -48,11 +48,6 @@ class TieringBatch:
 
 def batch_of(uow: Unit) -> TieringBatch:
     return uow.state(TieringBatch)
-
-
-def store_of(uow: Unit) -> TieringStore:
-    """The transaction's store: the SQL one, unless a test provided another."""
-    return uow.state(TieringStore, SqlStore)  # type: ignore[type-abstract]  # the abstract class is only state()'s key
 
 
 def _fact_member(event: CloudEvent[Any]) -> str | None:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared.db import UnitOfWork
+from shared.db import Unit, UnitOfWork
 from shared.platform import chain_timezone
 from shared.policy import Policy
 
@@ -111,6 +111,18 @@ class TieringStore(abc.ABC):
         self, *, member: Member, to_tier: str, policy_version: int, effective_at: datetime, review_at: datetime
     ) -> Member:
         """Move the member up to ``to_tier`` (reason "qualified") with a history row; the record after it."""
+
+
+def store_key() -> type[TieringStore]:
+    """:class:`TieringStore`, the key of the transaction's store in ``uow.state``/``uow.provide``. (mypy
+    refuses an abstract class written where ``type[T]`` is expected, python/mypy#4717, though ``state``
+    never instantiates it when given ``make``; returned as ``type[TieringStore]`` it is accepted.)"""
+    return TieringStore
+
+
+def store_of(uow: Unit) -> TieringStore:
+    """The transaction's store: the SQL one, unless a test provided another."""
+    return uow.state(store_key(), SqlStore)
 
 
 async def trailing_totals(

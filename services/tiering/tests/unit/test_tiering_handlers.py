@@ -35,7 +35,7 @@ from tiering.handlers import (
     on_purchase_refunded,
     prepare,
 )
-from tiering.store import Fact, Member, TieringStore
+from tiering.store import Fact, Member, store_key
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CHAIN = "chain-1"
@@ -46,12 +46,12 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 def fresh(*members: Member, facts: tuple[Fact, ...] = (), store: InMemoryStore | None = None) -> FakeUnitOfWork:
     """A unit of work at NOW over ``store`` (a new one holding ``members`` and ``facts`` by default)."""
     uow = FakeUnitOfWork(clock=FixedClock(NOW))
-    uow.provide(TieringStore, store or InMemoryStore(members=members, facts=facts))
+    uow.provide(store_key(), store or InMemoryStore(members=members, facts=facts))
     return uow
 
 
 def store_of(uow: FakeUnitOfWork) -> InMemoryStore:
-    store = uow.state(TieringStore)  # type: ignore[type-abstract]  # provided by fresh()
+    store = uow.state(store_key())  # provided by fresh()
     assert isinstance(store, InMemoryStore)
     return store
 
@@ -296,7 +296,7 @@ async def test_the_review_date_of_an_upgrade_is_counted_in_the_chains_local_mont
     reviews = []
     for zone in (SHANGHAI, ZoneInfo("America/Los_Angeles")):
         uow = FakeUnitOfWork(clock=FixedClock(at))
-        uow.provide(TieringStore, InMemoryStore(policy=monthly, timezone=zone, members=[known("m-1")]))
+        uow.provide(store_key(), InMemoryStore(policy=monthly, timezone=zone, members=[known("m-1")]))
         await handle(on_purchase_recorded, purchase("m-1", SILVER, at), uow)
         [changed] = uow.published(TierChanged)
         reviews.append(changed.review_at)
