@@ -30,10 +30,8 @@ PROBES = {
 }
 
 
-def ctl(
-    stack: Any, *args: str, key: str | None = OPS, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``membershipctl ARGS`` as a user runs it, pointed at the suite's stack."""
+def _environ(stack: Any, key: str | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell pointed at the suite's stack (nothing of the suite's own)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MEMBERSHIP_")}
     for s in SERVICES:
         environ[f"MEMBERSHIP_URL_{s.upper()}"] = stack.url(s)
@@ -41,8 +39,19 @@ def ctl(
     if key is not None:
         environ["MEMBERSHIP_KEY"] = key
     environ.update(env or {})
+    return environ
+
+
+def ctl(
+    stack: Any, *args: str, key: str | None = OPS, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``membershipctl ARGS`` as a user runs it, pointed at the suite's stack."""
     return subprocess.run(
-        [sys.executable, "-m", "membershipctl", *args], env=environ, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "membershipctl", *args],
+        env=_environ(stack, key, env),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
