@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -296,11 +296,12 @@ def admin_router() -> APIRouter:
             if row.revoked_at is not None:
                 raise Conflict("This key is revoked; create a new one.")
             until = uow.now() + timedelta(seconds=grace)
-            # every secret still current gets the grace period; ones already ending keep their earlier end
+            # every earlier secret works until the grace period ends at the latest: a rotation with no
+            # grace (a leaked secret) ends all of them at once, an earlier rotation's ends no later
             await uow.execute(
                 update(key_secrets)
-                .where(key_secrets.c.key_id == key_id, key_secrets.c.valid_until.is_(None))
-                .values(valid_until=until)
+                .where(key_secrets.c.key_id == key_id)
+                .values(valid_until=func.least(func.coalesce(key_secrets.c.valid_until, until), until))
             )
             secret = new_secret()
             await uow.execute(key_secrets.insert().values(key_hash=_hash(secret), key_id=key_id))
