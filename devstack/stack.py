@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,7 +42,7 @@ class Stack:
     log_dir: Path | None = None
     postgres: Postgres | None = None
     broker: Tansu | None = None
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: processes stopped on purpose (stop_process); any other that exited has died
     stopped: set[str] = field(default_factory=set)
 
@@ -73,7 +74,9 @@ class Stack:
 
     def settings(self) -> Settings:
         env = self.env
-        return Settings(**{k[len("MEMBERSHIP_") :].lower(): v for k, v in env.items() if k.startswith("MEMBERSHIP_")})
+        prefix = "MEMBERSHIP_"
+        values: dict[str, Any] = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+        return Settings(**values)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.service_ports[service]}"
@@ -149,6 +152,7 @@ class Stack:
                         f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
                     )
                 lagging = 0
+                assert self.broker is not None
                 for group, topics in groups.items():
                     consumer = AIOKafkaConsumer(
                         bootstrap_servers=self.broker.bootstrap, group_id=group, enable_auto_commit=False
@@ -169,7 +173,7 @@ class Stack:
         finally:
             await conn.close()
 
-    def start_process(self, service: str, role: str) -> subprocess.Popen:
+    def start_process(self, service: str, role: str) -> subprocess.Popen[bytes]:
         assert self.log_dir
         name = f"{service}-{role}"
         with open(self.log_dir / f"{name}.log", "ab") as log:

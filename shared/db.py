@@ -137,8 +137,6 @@ class Unit:
     #: the events published are part of an imported history (see CloudEvent.imported)
     imported: bool = False
     pending: list[CloudEvent[Any] | None] = field(default_factory=list)
-    #: TEMPORARY, until every service keeps its batch state in a typed ``state(Batch)``
-    memo: dict[Any, Any] = field(default_factory=dict)
     _replaceable: dict[Hashable, int] = field(default_factory=dict)
     _state: dict[type, object] = field(default_factory=dict)
     _at_commit: dict[Hashable, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)

@@ -317,7 +317,7 @@ class CloudEvent(BaseModel, Generic[D]):
 
 def envelope_of(data_type: type[D]) -> type[CloudEvent[D]]:
     """``CloudEvent[data_type]``: the envelope class that validates and serialises exactly that data."""
-    return cast("type[CloudEvent[D]]", CloudEvent[data_type])  # type: ignore[valid-type]
+    return cast("type[CloudEvent[D]]", CloudEvent.__class_getitem__(data_type))
 
 
 def new_event(

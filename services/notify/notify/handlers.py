@@ -35,6 +35,7 @@ from shared.events import (
     TierChanged,
     decode,
 )
+from shared.observability import metrics
 from shared.platform import DEFAULT_TIMEZONE
 
 from . import domain, templates
@@ -65,7 +66,12 @@ async def queue(
     member's quiet hours (in ``tz``, the chain's zone), is due at their end instead of now.
     An event about a member not known yet is parked until their enrolment arrives.
     Queueing is once per (source event, kind, channel), so this is safe to repeat for the same event.
+    An imported history (the event is marked ``imported``) is not announced: nobody is texted about
+    a tier they reached, or a voucher they got, years ago.
     """
+    if event.imported:
+        metrics.inc("notifications_skipped_total", 1, reason="imported")
+        return 0
     store = store_of(uow)
     chain_id = event.chainid
     who = recipient or await store.recipient(chain_id=chain_id, member_id=member_id)

@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memory_store import InMemoryStore
 
 from benefits import domain
 from benefits.handlers import on_member_enrolled, on_purchase_recorded, on_referral_completed, on_tier_changed
 from benefits.store import BenefitsStore
+from services.benefits.tests.unit.memory_store import InMemoryStore
 from shared.consumer import Handler
 from shared.events import (
     BenefitGranted,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from enrollment_memory_store import InMemoryStore
-
 from enrollment.domain import StatusDocument
 from enrollment.handlers import (
     HANDLERS,
@@ -18,6 +16,7 @@ from enrollment.handlers import (
 )
 from enrollment.store import EnrollmentStore
 from enrollment.tables import policies
+from services.enrollment.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     BenefitGranted,
     BenefitRedeemed,

@@ -7,8 +7,6 @@ from datetime import UTC, date, datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from memory_store import InMemoryStore
-
 from notify import domain
 from notify.handlers import (
     HANDLERS,
@@ -20,6 +18,7 @@ from notify.handlers import (
     on_tier_changed,
 )
 from notify.store import store_key
+from services.notify.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     BenefitGranted,
     Consents,
@@ -382,3 +381,18 @@ async def test_an_event_parked_under_another_chain_is_not_taken_by_this_enrolmen
     await handle(on_tier_changed, other, unit(store))
     await handle(on_member_enrolled, event(enrolled("m1"), chain_id=CHAIN), unit(store))
     assert store.queued("m1", "tier_up") == [] and [p.event_id for p in store.parked] == [other.id]
+
+
+# ---- an imported history ------------------------------------------------------------------------
+
+
+async def test_an_imported_history_is_recorded_but_never_announced() -> None:
+    store = InMemoryStore()
+    await handle(on_member_enrolled, event(enrolled(sms=True), chain_id=CHAIN, imported=True), unit(store))
+    assert store.contact("m1") is not None  # known, so later live events reach the member
+    assert store.queued("m1") == []
+    await handle(on_tier_changed, event(tier_changed(), member_id="m1", chain_id=CHAIN, imported=True), unit(store))
+    assert store.queued("m1") == []
+    # the member's first live event after the import is announced as usual
+    await handle(on_tier_changed, event(tier_changed(to_tier="gold"), member_id="m1", chain_id=CHAIN), unit(store))
+    assert [n.kind for n in store.queued("m1")] == ["tier_up", "tier_up"]

@@ -17,15 +17,12 @@ modules, so the running stack is reused).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,6 +31,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from services.tiering.tests.unit.memory_store import InMemoryStore
 from shared.db import UnitOfWork
 from shared.policy import Policy, TierRule
 from shared.testing import FixedClock
@@ -45,18 +43,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.services("enrollment", "tieri
 
 AS_OF = datetime(2030, 1, 15, 4, 0, tzinfo=UTC)
 MICRO = timedelta(microseconds=1)
-
-
-def _memory_store() -> ModuleType:
-    """tests/unit/memory_store.py, under the name the unit tests' conftest gives it."""
-    name = "tiering_memory_store"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "unit" / "memory_store.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ---- random policies and histories --------------------------------------------------------------
@@ -243,7 +229,7 @@ async def _check(engine: AsyncEngine, example: Example) -> None:
             assert Counter(tiers) == recalculated
 
             # the fast tests' in-memory store sums the windows as the SQL does
-            memory = _memory_store().InMemoryStore(
+            memory = InMemoryStore(
                 facts=[
                     store.Fact(str(uuid.uuid4()), member_id, at, spend, points)
                     for member_id, s in zip(ids, example.stories, strict=True)

@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tiering_memory_store import InMemoryStore
-
+from services.tiering.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
