@@ -61,6 +61,7 @@ class Stack:
         assert self.postgres and self.broker
         env = {
             **os.environ,
+            "MEMBERSHIP_ENV": "development",  # the embedded stack (make run, the tests) is never production
             "MEMBERSHIP_DATABASE_URL": self.postgres.url,
             "MEMBERSHIP_KAFKA_BOOTSTRAP": self.broker.bootstrap,
             "MEMBERSHIP_DATA_DIR": str(self.data_dir),

@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from shared.admin import ChainCreate
+from shared.db import make_engine
 from shared.platform import chains, insert_key, keys
 from shared.settings import Settings
 
@@ -34,7 +33,7 @@ async def bootstrap(*, chain_id: str, name: str, timezone: str, settings: Settin
         await asyncio.to_thread(upgrade, settings, [])
     except (OSError, DBAPIError) as exc:
         raise CliError(f"cannot migrate the platform schema: {exc}", UNAVAILABLE) from exc
-    engine = create_async_engine(settings.database_url, poolclass=NullPool)
+    engine = make_engine(settings, pooled=False)
     try:
         async with engine.begin() as conn:
             # one bootstrap at a time, and only on a database without keys

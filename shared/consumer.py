@@ -50,6 +50,7 @@ from .events import (
     topic_of,
 )
 from .observability import correlation_scope, metrics
+from .transport import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class ConsumerRunner:
 
     def make_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_options(self.settings),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

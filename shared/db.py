@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.util import find_tables
@@ -41,16 +42,27 @@ from sqlalchemy.sql.util import find_tables
 from .clock import Clock, SystemClock
 from .events import CloudEvent, D, new_event
 from .settings import Settings
+from .transport import postgres_target
 
 
-def make_engine(settings: Settings, pool_size: int | None = None) -> AsyncEngine:
+def make_engine(settings: Settings, pool_size: int | None = None, *, pooled: bool = True) -> AsyncEngine:
+    """Every engine of the platform: TLS from :func:`shared.transport.postgres_target` (the same as the
+    relay's LISTEN connection) and ``hide_parameters``, so no SQL error or log line carries a value
+    (a phone, a name) a statement was given. ``pooled=False``: one connection per use (tools, migrations)."""
+    target = postgres_target(settings)
+    if not pooled:
+        return create_async_engine(
+            target.url, poolclass=NullPool, connect_args=target.connect_args(), hide_parameters=True
+        )
     size = pool_size or settings.db_pool_size
     return create_async_engine(
-        settings.database_url,
+        target.url,
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        connect_args=target.connect_args(),
+        hide_parameters=True,
     )
 
 

@@ -12,6 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from .events import dlq_of, topic_of
 from .settings import SERVICES, Settings
+from .transport import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def all_topics() -> list[str]:
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         enable_idempotence=settings.kafka_idempotent_producer,
         acks="all",
         linger_ms=2,
@@ -45,7 +46,7 @@ async def ensure_topics(settings: Settings, topics: list[str] | None = None, att
     """Create the platform's topics (and their dead-letter topics) if they do not exist."""
     wanted = topics or all_topics()
     for attempt in range(attempts):
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
         try:
             await admin.start()
             existing = set(await admin.list_topics())

@@ -17,9 +17,8 @@ from typing import Any
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
+from .db import make_engine
 from .settings import SERVICES, Settings
 
 
@@ -34,7 +33,10 @@ def run_env(schema: str) -> None:
             context.run_migrations()
 
     async def go() -> None:
-        engine = create_async_engine(url, poolclass=NullPool)
+        settings = context.config.attributes.get("settings")
+        if not isinstance(settings, Settings) or settings.database_url != url:
+            settings = Settings(database_url=url)
+        engine = make_engine(settings, pooled=False)
         async with engine.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": zlib.crc32(b"migrate:" + schema.encode())})
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
@@ -64,6 +66,7 @@ def _config(script_location: Path, settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    cfg.attributes["settings"] = settings  # env.py connects with its TLS settings (shared.transport)
     return cfg
 
 
@@ -82,8 +85,9 @@ def upgrade(settings: Settings, names: list[str] | None = None) -> None:
 async def seed_demo(settings: Settings) -> None:
     """The embedded default's demo chain and one key per scope (values from settings)."""
     from .platform import add_api_key, upsert_chain
+    from .secret_box import SecretBox
 
-    engine = create_async_engine(settings.database_url, poolclass=NullPool)
+    engine = make_engine(settings, pooled=False)
     try:
         await upsert_chain(
             engine,
@@ -92,6 +96,7 @@ async def seed_demo(settings: Settings) -> None:
             timezone="Asia/Shanghai",
             webhook_url=settings.demo_webhook_url,
             webhook_secret=settings.demo_webhook_secret,
+            box=SecretBox.from_settings(settings),
         )
         for scope, key in (
             ("pos", settings.demo_pos_key),
@@ -109,6 +114,14 @@ def main() -> None:
     parser.add_argument("--seed-demo", action="store_true", help="create the demo chain and its keys")
     args = parser.parse_args()
     settings = Settings()
+    from .production import enforce, refuse
+
+    enforce(settings, "shared.migrate", check_database=False)
+    if args.seed_demo and settings.is_production:
+        refuse(
+            ["--seed-demo creates the demo keys; in production the first key comes from `membershipctl bootstrap`"],
+            "shared.migrate",
+        )
     upgrade(settings, args.services or None)
     if args.seed_demo:
         asyncio.run(seed_demo(settings))

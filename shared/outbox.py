@@ -26,6 +26,7 @@ from sqlalchemy import select, text, update
 from .db import Database
 from .events import CONTENT_TYPE
 from .observability import metrics
+from .transport import connect_asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class OutboxRelay:
 
     async def _listen(self) -> asyncpg.Connection | None:
         try:
-            conn = await asyncpg.connect(self.db.settings.asyncpg_dsn)
+            conn = await connect_asyncpg(self.db.settings)
             await conn.add_listener(notify_channel(self.schema), lambda *_: self.wake.set())
             return conn
         except Exception:

@@ -17,6 +17,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ARRAY, Column, DateTime, ForeignKey, Index, MetaData, Table, Text, func, or_, select, update
@@ -24,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .cache import TTLCache
+from .secret_box import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ chains = Table(
     Column("name", Text, nullable=False),
     Column("timezone", Text, nullable=False, server_default="Asia/Shanghai"),
     Column("webhook_url", Text),
+    #: sealed with MEMBERSHIP_SECRETS_KEY (shared.secret_box, ``v1:...``), the chain id as associated data
     Column("webhook_secret", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -113,9 +116,11 @@ class Principal:
 class PlatformStore:
     """Looks keys and chains up, with a short cache so auth costs no query per request."""
 
-    def __init__(self, engine: AsyncEngine, cache_seconds: float = 5.0) -> None:
+    def __init__(self, engine: AsyncEngine, cache_seconds: float = 5.0, box: SecretBox | None = None) -> None:
         self.engine = engine
         self.cache_seconds = cache_seconds
+        #: opens the chains' sealed webhook secrets
+        self.box = box or SecretBox.development()
         self._keys: TTLCache[str, Principal | None] = TTLCache(cache_seconds)
         self._chains: TTLCache[str, Chain | None] = TTLCache(cache_seconds)
         self._chain_ids: TTLCache[str, tuple[str, ...]] = TTLCache(cache_seconds)
@@ -159,7 +164,7 @@ class PlatformStore:
         async def load() -> Chain | None:
             async with self.engine.connect() as conn:
                 row = (await conn.execute(select(chains).where(chains.c.chain_id == chain_id))).first()
-            return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, row.webhook_secret) if row else None
+            return self._chain_of(row) if row else None
 
         return await self._chains.get_or_load(chain_id, load)
 
@@ -189,7 +194,13 @@ class PlatformStore:
     async def all_chains(self) -> list[Chain]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(chains))).all()
-        return [Chain(r.chain_id, r.name, r.timezone, r.webhook_url, r.webhook_secret) for r in rows]
+        return [self._chain_of(r) for r in rows]
+
+    def _chain_of(self, row: Any) -> Chain:
+        """The chain with its webhook secret opened (raises UnsealError when it does not open: a delivery
+        then fails rather than going out unsigned)."""
+        secret = self.box.open(row.webhook_secret, context=row.chain_id) if row.webhook_secret else None
+        return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, secret)
 
 
 async def upsert_chain(
@@ -200,10 +211,15 @@ async def upsert_chain(
     timezone: str = "Asia/Shanghai",
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
+    box: SecretBox | None = None,
 ) -> None:
-    values = dict(
-        chain_id=chain_id, name=name, timezone=timezone, webhook_url=webhook_url, webhook_secret=webhook_secret
-    )
+    """Create or replace a chain. A webhook secret is stored sealed with ``box`` (required with one)."""
+    sealed = None
+    if webhook_secret is not None:
+        if box is None:
+            raise ValueError("a webhook secret is stored sealed: pass the SecretBox of MEMBERSHIP_SECRETS_KEY")
+        sealed = box.seal(webhook_secret, context=chain_id)
+    values = dict(chain_id=chain_id, name=name, timezone=timezone, webhook_url=webhook_url, webhook_secret=sealed)
     async with engine.begin() as conn:
         await conn.execute(
             pg_insert(chains)

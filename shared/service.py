@@ -31,7 +31,9 @@ from .kafka import ensure_topics, make_producer
 from .observability import configure_logging
 from .outbox import OutboxRelay
 from .platform import PlatformStore
+from .production import enforce
 from .retention import purge
+from .secret_box import SecretBox
 from .settings import Settings
 from .worker_http import serve as serve_worker_endpoint
 
@@ -83,7 +85,8 @@ def make_clock(settings: Settings) -> Clock:
 
 def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | None = None) -> ServiceContext:
     db = Database.connect(settings, defn.tables, make_clock(settings), pool_size)
-    return ServiceContext(defn.name, settings, db, PlatformStore(db.engine, settings.api_key_cache_seconds))
+    platform = PlatformStore(db.engine, settings.api_key_cache_seconds, SecretBox.from_settings(settings))
+    return ServiceContext(defn.name, settings, db, platform)
 
 
 def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
@@ -199,6 +202,8 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(f"{defn.name}-{args.role}", settings.log_level)
+    # production mode: no development default may be in use (migrations run before any data is checked)
+    enforce(settings, f"{defn.name} {args.role}", check_database=args.role != "migrate")
     if args.role == "migrate":
         from .migrate import upgrade
 

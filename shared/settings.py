@@ -7,22 +7,52 @@ so tests can build a service with other settings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("enrollment", "points", "tiering", "benefits", "notify")
 DEFAULT_PORTS = {"enrollment": 8001, "points": 8002, "tiering": 8003, "benefits": 8004, "notify": 8005}
 
 
+#: the key webhook secrets are encrypted with when MEMBERSHIP_SECRETS_KEY is not set: fine for a laptop,
+#: refused in production (base64 of 32 bytes, as a real key must be)
+DEVELOPMENT_SECRETS_KEY = "ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXRzLWtleS0wMDA="
+#: the demo chain's webhook secret (a Standard Webhooks ``whsec_`` secret); refused in production
+DEVELOPMENT_WEBHOOK_SECRET = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWRldmVsb3BtZW50"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEMBERSHIP_", extra="ignore")
 
+    #: ``production`` refuses to start with development defaults (see shared.production, SPEC §9)
+    env: Literal["development", "production"] = "development"
+
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/membership"
+    # PostgreSQL TLS (libpq's names); they win over the same parameters in the URL (shared.transport)
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
     db_pool_size: int = Field(10, ge=1, le=200)
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Tansu rejects aiokafka's InitProducerId v0; switch on against Apache Kafka only.
     kafka_idempotent_producer: bool = False
+    # Kafka TLS and SASL (shared.transport.kafka_options); production refuses PLAINTEXT unless allowed
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_allow_plaintext: bool = False
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    #: AES-256-GCM key (base64 of 32 bytes) of the secrets stored in the database (webhook secrets)
+    secrets_key: SecretStr = SecretStr(DEVELOPMENT_SECRETS_KEY)
     topic_partitions: int = Field(12, ge=1, le=1000)
     topic_replication: int = Field(1, ge=1, le=5)
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
@@ -81,7 +111,7 @@ class Settings(BaseSettings):
     demo_app_key: str = "dev-app-key-0000000000000000"
     demo_ops_key: str = "dev-ops-key-0000000000000000"
     demo_webhook_url: str | None = None
-    demo_webhook_secret: str = "dev-webhook-secret"
+    demo_webhook_secret: str = DEVELOPMENT_WEBHOOK_SECRET
 
     @field_validator("database_url")
     @classmethod
@@ -100,4 +130,10 @@ class Settings(BaseSettings):
 
     @property
     def asyncpg_dsn(self) -> str:
+        """The URL as asyncpg takes it, TLS parameters and all (tests and tools of the embedded stack); the
+        services connect through :func:`shared.transport.postgres_target`, which honours TLS."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
