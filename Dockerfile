@@ -7,6 +7,7 @@ COPY requirements.lock pyproject.toml ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY shared ./shared
 COPY devstack ./devstack
+COPY membershipctl ./membershipctl
 COPY services ./services
 RUN pip install --no-cache-dir --no-deps .
 USER 65534

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .cache import TTLCache
-from .secret_box import SecretBox
+from .secret_box import SecretBox, UnsealError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Chain:
     timezone: str
     webhook_url: str | None
     webhook_secret: str | None
+    #: set when the stored secret does not open with MEMBERSHIP_SECRETS_KEY: webhooks fail, never go unsigned
+    webhook_secret_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,9 +199,15 @@ class PlatformStore:
         return [self._chain_of(r) for r in rows]
 
     def _chain_of(self, row: Any) -> Chain:
-        """The chain with its webhook secret opened (raises UnsealError when it does not open: a delivery
-        then fails rather than going out unsigned)."""
-        secret = self.box.open(row.webhook_secret, context=row.chain_id) if row.webhook_secret else None
+        """The chain with its webhook secret opened. One that does not open (another key, tampered with)
+        is reported in ``webhook_secret_error``: its webhooks then fail rather than go out unsigned."""
+        if not row.webhook_secret:
+            return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, None)
+        try:
+            secret = self.box.open(row.webhook_secret, context=row.chain_id)
+        except UnsealError as exc:
+            log.error("a chain's webhook secret does not open", extra={"chain_id": row.chain_id})
+            return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, None, webhook_secret_error=str(exc))
         return Chain(row.chain_id, row.name, row.timezone, row.webhook_url, secret)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import threading
@@ -14,13 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import httpx
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from shared.settings import DEVELOPMENT_WEBHOOK_SECRET
 
 T = TypeVar("T")
 
 POS = "dev-pos-key-0000000000000000"
 APP = "dev-app-key-0000000000000000"
 OPS = "dev-ops-key-0000000000000000"
-WEBHOOK_SECRET = "dev-webhook-secret"
+WEBHOOK_SECRET = DEVELOPMENT_WEBHOOK_SECRET
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.2) -> T:
@@ -134,25 +136,27 @@ def is_problem(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 class WebhookReceiver:
-    """A chain's webhook endpoint: records every request; fails the first ``fail_first`` on demand."""
+    """A chain's webhook endpoint that verifies as the README tells receivers to: the Standard Webhooks
+    signature with the ``standardwebhooks`` package (which refuses a timestamp more than 5 minutes
+    off), and each ``webhook-id`` processed once. ``requests`` holds the deliveries it accepted;
+    ``rejected`` the others with the reason (a bad signature or an old timestamp is answered 401, a
+    ``webhook-id`` already processed 200 without processing it again). Fails the next ``fail_next``
+    deliveries with 503 on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str = WEBHOOK_SECRET) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
         self.fail_next = 0
+        self.webhook = Webhook(secret)
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if receiver.fail_next > 0:
-                    receiver.fail_next -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                receiver.requests.append(
-                    {"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "path": self.path}
-                )
-                self.send_response(200)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self.send_response(receiver.receive(headers, body, self.path))
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -161,6 +165,26 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def receive(self, headers: dict[str, str], body: bytes, path: str = "/") -> int:
+        """What the endpoint does with one delivery; returns the HTTP status it answers."""
+        request = {"headers": headers, "body": body, "path": path}
+        try:
+            self.webhook.verify(body, headers)
+        except WebhookVerificationError as exc:
+            self.rejected.append({**request, "reason": str(exc)})
+            return 401
+        with self.lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return 503
+            message_id = headers["webhook-id"]
+            if message_id in self.seen:
+                self.rejected.append({**request, "reason": "webhook-id already processed"})
+                return 200  # acknowledged, so the sender stops; not processed a second time
+            self.seen.add(message_id)
+            self.requests.append(request)
+        return 200
 
     @property
     def url(self) -> str:
@@ -176,9 +200,12 @@ class WebhookReceiver:
 
     @staticmethod
     def signature_ok(request: dict[str, Any], secret: str = WEBHOOK_SECRET) -> bool:
-        expected = hmac.new(secret.encode(), request["body"], hashlib.sha256).hexdigest()
-        got = request["headers"].get("x-membership-signature", "")
-        return hmac.compare_digest(got.removeprefix("sha256="), expected)
+        """The delivery's Standard Webhooks signature is right for ``secret`` (checked with the same
+        package, at the timestamp it was sent with: the receiver checked the timestamp on arrival)."""
+        h = request["headers"]
+        sent_at = datetime.fromtimestamp(int(h["webhook-timestamp"]), UTC)
+        expected = Webhook(secret).sign(h["webhook-id"], sent_at, request["body"].decode())
+        return any(hmac.compare_digest(expected, sig) for sig in h["webhook-signature"].split(" "))
 
     def close(self) -> None:
         self.server.shutdown()

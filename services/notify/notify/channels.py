@@ -8,15 +8,15 @@ channels then append one JSON line per message to a file in the local sink folde
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import smtplib
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from standardwebhooks import Webhook
 
 from shared.platform import Chain
 from shared.settings import Settings
@@ -55,20 +55,33 @@ class JsonlSink:
         await asyncio.to_thread(self._append, name, json.dumps(doc, ensure_ascii=False, default=str))
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signed_headers(secret: str, message_id: str, body: bytes, at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers (https://www.standardwebhooks.com): ``webhook-id``,
+    ``webhook-timestamp`` (Unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of
+    "id.timestamp.body">``, keyed with the chain's ``whsec_`` secret)."""
+    at = at.astimezone(UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, at, body.decode()),
+    }
 
 
 class WebhookChannel:
-    """POSTs the notification to the chain's backend, signed with the chain's secret.
+    """POSTs the notification to the chain's backend, signed with the chain's secret as Standard
+    Webhooks prescribe: the receiver verifies the signature with its ``standardwebhooks`` library,
+    refuses a timestamp more than 5 minutes off, and drops a ``webhook-id`` it has seen.
 
-    The ``Idempotency-Key`` is the notification id: a delivery whose success could not be
-    recorded (the process died before the commit) is sent again, and the receiver drops it.
+    The ``webhook-id`` (and ``Idempotency-Key``) is the notification id, the same on every attempt:
+    a delivery whose success could not be recorded (the process died before the commit) is sent
+    again, and the receiver drops it. Each attempt is signed anew with the time it is sent.
     """
 
-    def __init__(self, client: httpx.AsyncClient, sink: JsonlSink) -> None:
+    def __init__(self, client: httpx.AsyncClient, sink: JsonlSink, *, require_signature: bool = False) -> None:
         self.client = client
         self.sink = sink
+        #: production: a chain with a webhook URL but no secret gets nothing unsigned
+        self.require_signature = require_signature
 
     async def send(self, notification: Notification, contact: Contact | None, chain: Chain | None) -> None:
         doc = notification.document()
@@ -81,8 +94,12 @@ class WebhookChannel:
             "Idempotency-Key": notification.notification_id,
             "X-Membership-Notification-Id": notification.notification_id,
         }
+        if chain.webhook_secret_error:
+            raise DeliveryFailed(f"the chain's webhook secret is unusable: {chain.webhook_secret_error}")
         if chain.webhook_secret:
-            headers["X-Membership-Signature"] = signature(chain.webhook_secret, body)
+            headers.update(signed_headers(chain.webhook_secret, notification.notification_id, body, datetime.now(UTC)))
+        elif self.require_signature:
+            raise Undeliverable("the chain has a webhook URL but no webhook secret: nothing is sent unsigned")
         try:
             response = await self.client.post(
                 chain.webhook_url, content=body, headers=headers, timeout=ATTEMPT_TIMEOUT_SECONDS
@@ -163,4 +180,5 @@ def sink_dir(settings: Settings) -> Path:
 def default_channels(settings: Settings) -> dict[Channel, DeliveryChannel]:
     sink = JsonlSink(sink_dir(settings))
     client = httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_SECONDS, follow_redirects=False)
-    return {"webhook": WebhookChannel(client, sink), "sms": SmsChannel(sink), "email": EmailChannel(settings, sink)}
+    webhook = WebhookChannel(client, sink, require_signature=settings.is_production)
+    return {"webhook": webhook, "sms": SmsChannel(sink), "email": EmailChannel(settings, sink)}

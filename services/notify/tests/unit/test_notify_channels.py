@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from devstack.processes import free_port
-from notify.channels import DeliveryFailed, EmailChannel, JsonlSink, SmsChannel, Undeliverable, WebhookChannel
+from notify.channels import (
+    DeliveryFailed,
+    EmailChannel,
+    JsonlSink,
+    SmsChannel,
+    Undeliverable,
+    WebhookChannel,
+    signed_headers,
+)
 from notify.domain import Consents, Contact, Notification
 from shared.platform import Chain
 from shared.settings import Settings
+from tests.helpers import WebhookReceiver
 
 N = Notification(
     notification_id="n-1",
@@ -30,7 +38,8 @@ N = Notification(
     created_at=datetime(2025, 1, 1, tzinfo=UTC),
 )
 CONTACT = Contact(name="王", phone="13800001234", email="wang@example.com", consents=Consents(sms=True, email=True))
-CHAIN = Chain("c-1", "Demo", "Asia/Shanghai", "https://hooks.example/membership", "s3cret")
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CHAIN = Chain("c-1", "Demo", "Asia/Shanghai", "https://hooks.example/membership", SECRET)
 
 
 def _webhook(status: int, seen: list[httpx.Request], tmp_path: Path) -> WebhookChannel:
@@ -41,17 +50,84 @@ def _webhook(status: int, seen: list[httpx.Request], tmp_path: Path) -> WebhookC
     return WebhookChannel(httpx.AsyncClient(transport=httpx.MockTransport(handler)), JsonlSink(tmp_path))
 
 
-async def test_the_webhook_body_is_signed_and_carries_the_notification_id(tmp_path: Path) -> None:
+async def test_the_webhook_is_signed_the_standard_webhooks_way_and_carries_the_notification_id(
+    tmp_path: Path,
+) -> None:
     seen: list[httpx.Request] = []
     await _webhook(200, seen, tmp_path).send(N, CONTACT, CHAIN)
     [request] = seen
     body = request.content
-    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert request.headers["X-Membership-Signature"] == f"sha256={expected}"
-    assert request.headers["Idempotency-Key"] == "n-1" == request.headers["X-Membership-Notification-Id"]
+    assert Webhook(SECRET).verify(body, dict(request.headers)) == json.loads(body)  # the receiver's library
+    assert request.headers["webhook-id"] == "n-1" == request.headers["Idempotency-Key"]
+    assert abs(int(request.headers["webhook-timestamp"]) - datetime.now(UTC).timestamp()) < 60
+    assert request.headers["webhook-signature"].startswith("v1,")
+    with pytest.raises(WebhookVerificationError):  # another chain's secret does not verify it
+        Webhook("whsec_" + "QUJD" * 8).verify(body, dict(request.headers))
     doc = json.loads(body)
     assert doc["notification_id"] == "n-1" and doc["title"] == N.title and doc["data"] == {"to_tier": "silver"}
     assert "13800001234" not in body.decode()
+
+
+async def _delivered(tmp_path: Path) -> httpx.Request:
+    seen: list[httpx.Request] = []
+    await _webhook(200, seen, tmp_path).send(N, CONTACT, CHAIN)
+    return seen[0]
+
+
+async def test_a_replayed_delivery_is_not_processed_a_second_time(tmp_path: Path) -> None:
+    """Attack: someone who captured a delivery sends it again at once (same id, valid signature)."""
+    receiver = WebhookReceiver(SECRET)
+    try:
+        request = await _delivered(tmp_path)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        assert receiver.receive(headers, request.content) == 200
+        assert receiver.receive(headers, request.content) == 200  # acknowledged ...
+        assert len(receiver.requests) == 1  # ... but processed once
+        assert [r["reason"] for r in receiver.rejected] == ["webhook-id already processed"]
+    finally:
+        receiver.close()
+
+
+async def test_a_replayed_old_delivery_and_forged_variants_are_rejected(tmp_path: Path) -> None:
+    """Attack: replays of a delivery captured 10 minutes ago (its signature valid for its own timestamp),
+    with its timestamp moved to now, with another body, or signed with a guessed secret: all refused
+    (401) by the standardwebhooks check, none processed, even under a fresh webhook-id."""
+    receiver = WebhookReceiver(SECRET)
+    try:
+        request = await _delivered(tmp_path)
+        body = request.content
+        old = signed_headers(SECRET, "n-old", body, datetime.now(UTC) - timedelta(minutes=10))
+        assert receiver.receive(old, body) == 401
+        moved = {**old, "webhook-timestamp": str(int(datetime.now(UTC).timestamp()))}
+        assert receiver.receive(moved, body) == 401
+        fresh = signed_headers(SECRET, "n-2", body, datetime.now(UTC))
+        assert receiver.receive(fresh, body.replace(b"silver", b"diamond")) == 401
+        guessed = signed_headers("whsec_" + "QUJD" * 8, "n-3", body, datetime.now(UTC))
+        assert receiver.receive(guessed, body) == 401
+        unsigned = {k: v for k, v in fresh.items() if k != "webhook-signature"}
+        assert receiver.receive(unsigned, body) == 401
+        future = signed_headers(SECRET, "n-4", body, datetime.now(UTC) + timedelta(minutes=10))
+        assert receiver.receive(future, body) == 401
+        assert receiver.requests == []
+        reasons = [r["reason"] for r in receiver.rejected]
+        assert reasons[0] == "Message timestamp too old" and reasons[-1] == "Message timestamp too new"
+        assert receiver.receive(fresh, body) == 200 and len(receiver.requests) == 1  # the genuine one passes
+    finally:
+        receiver.close()
+
+
+async def test_in_production_a_chain_without_a_webhook_secret_gets_nothing_unsigned(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    unsigned = Chain("c-1", "Demo", "Asia/Shanghai", "https://hooks.example/membership", None)
+    with pytest.raises(Undeliverable, match="no webhook secret"):
+        await WebhookChannel(client, JsonlSink(tmp_path), require_signature=True).send(N, CONTACT, unsigned)
+    assert seen == []
 
 
 async def test_a_webhook_answering_non_2xx_is_a_failure(tmp_path: Path) -> None:
