@@ -169,13 +169,101 @@ def _broker_reachable(bootstrap: str) -> bool:
     return False
 
 
+#: the errors any authenticated operation may answer, each an RFC 9457 problem document (shared.problems)
+PROBLEM_RESPONSES: dict[int, str] = {
+    400: "The body is not JSON",
+    401: "Missing, unknown, expired or revoked API key",
+    403: "The key lacks the scope, or is bound to another clinic",
+    404: "Not found (another chain's data is not found either)",
+    409: "Conflict with the current state, or an Idempotency-Key reused with another body",
+    413: "Request body too large",
+    422: "Validation failed (`errors[]` lists each field)",
+    429: "Rate limit of the key exceeded (see Retry-After)",
+}
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem document",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "URI of the problem type"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "validation errors, one per field",
+            "items": {
+                "type": "object",
+                "required": ["location", "message", "type"],
+                "properties": {
+                    "location": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,  # problem types may add members (e.g. member_id of a 409)
+}
+
+
+def _problem_response(code: int, description: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if code == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if code == 429:
+        response["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    return response
+
+
+def declare_problem_responses(doc: dict[str, Any]) -> dict[str, Any]:
+    """Document the real error responses once for every operation: each authenticated operation may
+    answer PROBLEM_RESPONSES, any operation with parameters or a body 422, with a body 400, all as
+    ``application/problem+json`` with the Problem schema (FastAPI's default 422 names a JSON body
+    this service never sends). A response a route documents itself is kept, but for 422."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            codes = [c for c in PROBLEM_RESPONSES if c != 400] if operation.get("security") else []
+            if "422" in responses or operation.get("parameters") or operation.get("requestBody"):
+                codes.append(422)
+            if operation.get("requestBody"):
+                codes.append(400)
+            for code in codes:
+                if str(code) not in responses or code == 422:
+                    responses[str(code)] = _problem_response(code, PROBLEM_RESPONSES[code])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if unused in schemas and f"#/components/schemas/{unused}" not in json.dumps(doc["paths"]):
+            del schemas[unused]
+    return doc
+
+
+class ServiceApp(FastAPI):
+    """A service's FastAPI app: its OpenAPI document declares the problem responses (see above)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = declare_problem_responses(super().openapi())
+        return self.openapi_schema
+
+
 def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: str, description: str = "") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await ctx.db.dispose()
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = ServiceApp(title=title, description=description, version="1.0.0", lifespan=lifespan)
     app.state.ctx = ctx
     install_problem_handlers(app)
 
@@ -219,7 +307,11 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
         """Alive."""
         return {"status": "ok", "service": ctx.name}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "Not ready", "content": {"application/json": {"schema": {"type": "object"}}}}},
+    )
     async def readyz() -> JSONResponse:
         """Database and broker reachable."""
         checks = {"database": False, "broker": False}
