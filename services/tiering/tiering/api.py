@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
@@ -87,7 +87,9 @@ async def get_policy(ctx: CtxDep, principal: OpsKey) -> schemas.PolicyDocument:
 
 
 @router.get("/policy/versions/{version}", response_model=schemas.PolicyDocument)
-async def get_policy_version(version: int, ctx: CtxDep, principal: OpsKey) -> schemas.PolicyDocument:
+async def get_policy_version(
+    version: Annotated[int, Path(ge=1, le=2_147_483_647)], ctx: CtxDep, principal: OpsKey
+) -> schemas.PolicyDocument:
     """One stored version of the chain's policy."""
     async with ctx.db.unit_of_work() as uow:
         return await queries.policy_version(uow, chain_id=principal.chain_id, version=version)

@@ -293,3 +293,12 @@ def test_an_unknown_or_another_chains_member_is_not_found(api: Api, other_ops: s
     assert tier(api, member_id, key=POS)["code"] == "member"
     is_problem(api.get("tiering", f"/v1/members/{member_id}/tier", key=other_ops), 404)
     is_problem(api.get("tiering", f"/v1/members/{member_id}/tier/history", key=other_ops), 404)
+
+
+@pytest.mark.parametrize("version", ["56909544181476320", "2147483648", "0", "-1"])
+def test_a_policy_version_out_of_range_is_a_422_not_a_500(api: Api, version: str) -> None:
+    """Found by fuzzing (tests/e2e/test_fuzz.py): a version beyond PostgreSQL's integer overflowed the
+    query's parameter and answered 500."""
+    doc = is_problem(api.get("tiering", f"/v1/policy/versions/{version}", key=OPS), 422)
+    assert doc["errors"][0]["location"] == ["path", "version"]
+    is_problem(api.get("tiering", "/v1/policy/versions/2147483647", key=OPS), 404)
