@@ -33,7 +33,9 @@ MAX_LIMIT = 1000
 
 
 class SnapshotRequest(Strict):
-    after: str | None = Field(None, min_length=1, max_length=200)  # the last member id of the previous page
+    # the last member id of the previous page: any id, but no control characters (PostgreSQL text
+    # cannot hold a NUL: it would fail in the database instead of here)
+    after: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
