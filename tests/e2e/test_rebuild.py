@@ -328,3 +328,60 @@ def test_the_snapshot_endpoint_pages_by_member_id_and_takes_any_after_as_a_curso
     }
     odd = api.post(service, path, {"after": "' OR '1'='1' --", "limit": 3}, key=OPS)
     assert odd.status_code == 200 and odd.json()["published"] == 3
+
+
+#: what a change in flight holds, per owner, that its snapshot of the member must wait for
+IN_FLIGHT = {
+    "points": "SELECT 1 FROM points.members WHERE member_id = $1 FOR UPDATE",
+    "tiering": "SELECT 1 FROM tiering.members WHERE member_id = $1 FOR UPDATE",
+    "benefits": "UPDATE benefits.entitlements SET remaining_uses = 0 WHERE member_id = $1 "
+    "AND code = 'annual_skin_check'",
+}
+
+
+@pytest.mark.parametrize("service", list(OWNERS))
+def test_a_snapshot_waits_for_a_change_of_the_member_in_flight_and_carries_what_it_committed(
+    api: Api, stack: Any, service: str
+) -> None:
+    """The race a snapshot must not lose: a change of the member is committing (its event already in the
+    outbox, ahead) while the snapshot reads. The snapshot must wait for it and publish the state after
+    it; reading the state before it would put an older state behind a newer event."""
+    member = member_with_history(api, SILVER_FEN)
+    eventually(lambda: agrees(api, member), timeout=60)
+    previous = sql(
+        stack,
+        f"SELECT max(member_id) FROM {service}.members WHERE chain_id = 'demo-chain' AND member_id < $1",
+        member,
+    )[0][0]
+    body = {"limit": 1, **({"after": previous} if previous else {})}
+    answers: list[Any] = []
+
+    async def race() -> None:
+        conn = await asyncpg.connect(stack.settings().asyncpg_dsn)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute(IN_FLIGHT[service], member)
+            call = asyncio.create_task(asyncio.to_thread(api.post, service, "/v1/ops/snapshots", body, key=OPS))
+            await asyncio.sleep(1.5)
+            assert not call.done(), "the snapshot did not wait for the change in flight"
+            await tx.commit()
+            answers.append(await asyncio.wait_for(call, 30))
+        finally:
+            await conn.close()
+
+    asyncio.run(race())
+    [r] = answers
+    assert r.status_code == 200 and r.json()["published"] == 1, r.text
+    [payload] = [
+        json.loads(row[0])
+        for row in sql(
+            stack,
+            f"SELECT payload FROM {service}.outbox WHERE event_type = $1 AND key = $2",
+            OWNERS[service],
+            member,
+        )
+    ]
+    if service == "benefits":  # the committed change is in the snapshot
+        [skin] = [b for b in payload["data"]["benefits"] if b["code"] == "annual_skin_check"]
+        assert skin["remaining_uses"] == 0
