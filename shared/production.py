@@ -37,7 +37,12 @@ DEFAULT_DB_PASSWORDS = frozenset(
     {"", "postgres", "membership", "password", "change-me", "changeme", "CHANGE-ME", "secret", "admin", "root"}
 )
 #: the built-in demo keys (also refused when MEMBERSHIP_DEMO_*_KEY names other ones)
-DEMO_KEYS = ("dev-pos-key-0000000000000000", "dev-app-key-0000000000000000", "dev-ops-key-0000000000000000")
+DEMO_KEYS = (
+    "dev-pos-key-0000000000000000",
+    "dev-app-key-0000000000000000",
+    "dev-ops-key-0000000000000000",
+    "dev-platform-key-0000000000000000",
+)
 #: development webhook secrets, the current one and the one of earlier versions
 DEVELOPMENT_WEBHOOK_SECRETS = frozenset({DEVELOPMENT_WEBHOOK_SECRET, "dev-webhook-secret"})
 #: exit status of a refused start (EX_CONFIG)
@@ -99,9 +104,8 @@ def configuration_problems(settings: Settings) -> list[str]:
 def _demo_key_hashes(settings: Settings) -> list[str]:
     from .platform import hash_key
 
-    return sorted(
-        {hash_key(k) for k in (*DEMO_KEYS, settings.demo_pos_key, settings.demo_app_key, settings.demo_ops_key)}
-    )
+    configured = (settings.demo_pos_key, settings.demo_app_key, settings.demo_ops_key, settings.demo_platform_key)
+    return sorted({hash_key(k) for k in (*DEMO_KEYS, *configured)})
 
 
 async def database_problems(settings: Settings, engine: AsyncEngine) -> list[str]:

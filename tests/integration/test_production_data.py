@@ -110,6 +110,7 @@ async def test_reseeding_never_unrevokes_a_demo_key(seeded: Settings) -> None:
         assert [(name, at is not None) for name, at in revoked] == [
             ("demo-app", False),
             ("demo-ops", False),
+            ("demo-platform", False),
             ("demo-pos", True),
         ]
         store = PlatformStore(engine, cache_seconds=0)
@@ -151,7 +152,7 @@ async def test_demo_keys_and_development_webhook_secrets_are_refused_until_gone(
         assert "chain demo-chain's webhook secret does not open with MEMBERSHIP_SECRETS_KEY" in problems
         assert not [p for p in problems if DEVELOPMENT_WEBHOOK_SECRET in p]
 
-        for name in ("demo-pos", "demo-app", "demo-ops"):
+        for name in ("demo-pos", "demo-app", "demo-ops", "demo-platform"):
             await _revoke(prod, name)
         for chain_id in ("copied-chain", "demo-chain"):
             await upsert_chain(engine, chain_id, "Real", webhook_secret="whsec_" + "UmVhbA" * 6, box=box)
