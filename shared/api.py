@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
@@ -77,6 +78,26 @@ PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def job_as_of(ctx: ServiceContext, requested: datetime | None) -> datetime:
+    """The instant an operations run of a job (``POST .../run``) is for: ``requested``, or the service
+    clock's now. A job that writes must not run for an instant far from now: ahead of it by more than
+    ``max_as_of_skew_seconds`` it would expire, demote or grant what is not due yet; behind it by more
+    than ``max_as_of_past_seconds`` it would judge members on a stale window and stamp its effects in
+    the past (docs/decisions/0030). Outside the bounds: 422, and nothing runs."""
+    now = ctx.db.clock.now()
+    if requested is None:
+        return now
+    ahead = timedelta(seconds=ctx.settings.max_as_of_skew_seconds)
+    behind = timedelta(seconds=ctx.settings.max_as_of_past_seconds)
+    if requested > now + ahead:
+        message = f"as_of may be at most {int(ahead.total_seconds())} s after now ({now.isoformat()})."
+    elif requested < now - behind:
+        message = f"as_of may be at most {int(behind.total_seconds())} s before now ({now.isoformat()})."
+    else:
+        return requested
+    raise InvalidRequest(message, errors=[{"location": ["body", "as_of"], "message": message, "type": "value_error"}])
 
 
 def request_hash(body: Any) -> str:
