@@ -104,6 +104,10 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: the key id of the rows written before idempotency keys were scoped per API key (decision 0033)
+LEGACY_KEY_ID = ""
+
+
 async def idempotent(
     uow: UnitOfWork,
     principal: Principal,
@@ -113,12 +117,13 @@ async def idempotent(
     body: Any,
     action: Callable[[], Awaitable[tuple[int, Any]]],
 ) -> JSONResponse:
-    """Run ``action`` once per (chain, scope, Idempotency-Key).
+    """Run ``action`` once per (chain, API key, scope, Idempotency-Key).
 
     The key row is inserted in the caller's transaction before the work: a second
     request with the same key waits for the first to commit, then gets its stored
     response (same ids); a different body gets 409. If the work fails, the key
-    rolls back with it, so the client may retry.
+    rolls back with it, so the client may retry. Another API key of the same chain
+    using the same Idempotency-Key has a row of its own: it never sees this response.
     """
     if key is None:
         status, doc = await action()
@@ -127,30 +132,40 @@ async def idempotent(
         raise InvalidRequest("Idempotency-Key must not be blank.")
     t = uow.tables.idempotency
     digest = request_hash(body)
+
+    def row_of(key_id: str) -> Any:
+        return select(t).where(
+            t.c.chain_id == principal.chain_id, t.c.key_id == key_id, t.c.scope == scope, t.c.key == key
+        )
+
+    # a row written before the key id was recorded (within idempotency_key_hours of the upgrade)
+    # still answers a retry, for whichever key of the chain sends it: a retry must not run twice
+    legacy = (await uow.session.execute(row_of(LEGACY_KEY_ID))).first()
+    if legacy is not None and legacy.status_code is not None:
+        return _replay(legacy, digest)
     inserted = (
         await uow.session.execute(
             pg_insert(t)
-            .values(chain_id=principal.chain_id, scope=scope, key=key, request_hash=digest)
+            .values(chain_id=principal.chain_id, key_id=principal.key_id, scope=scope, key=key, request_hash=digest)
             .on_conflict_do_nothing()
             .returning(t.c.key)
         )
     ).first()
     if inserted is None:
-        row = (
-            await uow.session.execute(
-                select(t).where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
-            )
-        ).one()
-        if row.request_hash != digest:
-            raise Conflict("This Idempotency-Key was used with a different request body.")
-        return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
+        return _replay((await uow.session.execute(row_of(principal.key_id))).one(), digest)
     status, doc = await action()
     await uow.session.execute(
         t.update()
-        .where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
+        .where(t.c.chain_id == principal.chain_id, t.c.key_id == principal.key_id, t.c.scope == scope, t.c.key == key)
         .values(status_code=status, response=doc)
     )
     return JSONResponse(doc, status_code=status)
+
+
+def _replay(row: Any, digest: str) -> JSONResponse:
+    if row.request_hash != digest:
+        raise Conflict("This Idempotency-Key was used with a different request body.")
+    return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
 
 
 Result = BaseModel | tuple[int, BaseModel]
