@@ -52,6 +52,11 @@ CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 _bearer = HTTPBearer(auto_error=False, description="API key of one chain, with scopes pos/app/ops")
 
 
+#: the scopes each :func:`require` dependency accepts, by the dependency: what a route declares, for
+#: the tests that check every route's answers against the contract (tests/e2e/test_route_matrix.py)
+REQUIRED_SCOPES: dict[Callable[..., Awaitable[Principal]], tuple[str, ...]] = {}
+
+
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: a valid key with any of ``scopes`` (``ops`` may do everything)."""
 
@@ -67,6 +72,7 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"This operation needs one of the scopes {list(scopes)} (or ops).")
         return principal
 
+    REQUIRED_SCOPES[dependency] = scopes
     return dependency
 
 

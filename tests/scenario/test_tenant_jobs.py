@@ -151,11 +151,14 @@ def due(api: Api, victim: Chain, clock: ControlledClock) -> Due:
     _buy(api, victim, referee, 200_000)  # above the referral's minimum
     _buy(api, victim, points, 600_000)
     _buy(api, victim, reviewed, 5_000_000)  # silver at once; nothing more: a review demotes
-    _buy(api, victim, recalculated, 3_000_000)  # silver under B's lower thresholds, once recalculated
+    _buy(api, victim, recalculated, 1_000_000)  # silver under B's lower thresholds, once recalculated
     d = Due(referee, referrer, points, reviewed, birthday, recalculated)
     eventually(lambda: _balance(api, victim, d.points) > 0)
     eventually(lambda: _tier(api, victim, d.reviewed) == "silver")
-    eventually(lambda: _tier_of(api, victim, d.recalculated)["progress"]["spend_fen"] == 3_000_000)
+    # both facts of the purchase counted (its spend, and the points it earned): none arrives after B's
+    # policy changes below, which would upgrade the member at once
+    eventually(lambda: _tier_of(api, victim, d.recalculated)["progress"]["spend_fen"] == 1_000_000)
+    eventually(lambda: _tier_of(api, victim, d.recalculated)["progress"]["points"] > 0)
     eventually(lambda: _benefit_codes(api, victim, d.birthday) != set())
     eventually(lambda: _referral_status(api, victim, d.referee) == "pending")
     return d
@@ -215,7 +218,8 @@ def test_a_recalculation_started_by_another_chain_moves_none_of_this_chains_memb
 ) -> None:
     # B lowers silver below what its member spent; nobody moves until a recalculation
     policy = api.get("tiering", "/v1/policy", key=victim.ops).json()
-    policy["tiers"][1].update(spend_fen=2_000_000, points=20_000)
+    assert _tier(api, victim, due.recalculated) == "member"
+    policy["tiers"][1].update(spend_fen=800_000, points=15_000)
     put = api.put("tiering", "/v1/policy", policy, key=victim.ops)
     assert put.status_code == 200, put.text
     assert _tier(api, victim, due.recalculated) == "member"
