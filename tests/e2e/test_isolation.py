@@ -3,12 +3,15 @@ naming another chain's member is dead-lettered by every consumer, changing nothi
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 
+from shared.api import request_hash
 from shared.events import (
     BenefitGranted,
     MemberEnrolled,
@@ -18,7 +21,7 @@ from shared.events import (
     TierChanged,
     new_event,
 )
-from tests.helpers import OPS, Api, eventually, is_problem, publish_events
+from tests.helpers import APP, OPS, Api, eventually, is_problem, publish_events
 
 pytestmark = pytest.mark.e2e
 
@@ -158,3 +161,85 @@ def test_a_forged_event_naming_another_chains_member_is_dead_lettered_by_every_c
         assert not expected & _dead_lettered(api, service, OPS).keys()
 
     assert _what_the_chain_sees(api, mid) == before
+
+
+def _redeem(api: Api, member_id: str, key: str, idempotency_key: str) -> Any:
+    return api.post(
+        "points",
+        f"/v1/members/{member_id}/points/redemptions",
+        {"points": 1, "reason": "same key"},
+        key=key,
+        headers={"Idempotency-Key": idempotency_key},
+    )
+
+
+def test_two_keys_of_one_chain_never_see_each_others_idempotent_responses(api: Api, stack: Any) -> None:
+    mid = api.enrol()["member_id"]
+    eventually(lambda: api.get("points", f"/v1/members/{mid}/points").status_code == 200)
+    r = api.post("points", f"/v1/members/{mid}/points/adjustments", {"delta": 100, "reason": "to redeem"}, key=OPS)
+    assert r.status_code == 201, r.text
+    created = api.post("enrollment", "/v1/keys", {"name": "second-app", "scopes": ["app"]}, key=OPS)
+    assert created.status_code == 201, created.text
+    second = created.json()["key"]
+
+    first = _redeem(api, mid, APP, "shared-idem-key")
+    assert first.status_code == 201, first.text
+    # the other key of the chain, the same Idempotency-Key and body: a request of its own, run once for it,
+    # never the first key's response (its entry id, its balance)
+    theirs = _redeem(api, mid, second, "shared-idem-key")
+    assert theirs.status_code == 201 and "idempotent-replayed" not in theirs.headers, theirs.text
+    assert theirs.json()["entry_id"] != first.json()["entry_id"]
+    assert first.json()["entry_id"] not in theirs.text
+    # each key's own retry is still a replay of its own response
+    again = _redeem(api, mid, APP, "shared-idem-key")
+    assert again.headers.get("idempotent-replayed") == "true" and again.json() == first.json()
+    theirs_again = _redeem(api, mid, second, "shared-idem-key")
+    assert theirs_again.headers.get("idempotent-replayed") == "true" and theirs_again.json() == theirs.json()
+    # another body under the key: a conflict for that key only
+    other_body = api.post(
+        "points",
+        f"/v1/members/{mid}/points/redemptions",
+        {"points": 2, "reason": "same key"},
+        key=second,
+        headers={"Idempotency-Key": "shared-idem-key"},
+    )
+    is_problem(other_body, 409)
+    assert first.json()["entry_id"] not in other_body.text
+    ledger = api.get("points", f"/v1/members/{mid}/points/ledger").json()["items"]
+    assert sum(1 for e in ledger if e["entry_type"] == "redeem") == 2
+
+
+def test_a_response_stored_before_keys_were_told_apart_still_answers_a_retry(api: Api, stack: Any) -> None:
+    """A row from before migration "idempotency keys per API key" (key_id '') is replayed, not run again."""
+    import asyncpg
+
+    mid = api.enrol()["member_id"]
+    eventually(lambda: api.get("points", f"/v1/members/{mid}/points").status_code == 200)
+    body = {"points": 1, "reason": "legacy"}
+    stored = {"entry_id": "legacy-entry", "balance": 7}
+
+    async def insert_legacy_row() -> None:
+        conn = await asyncpg.connect(stack.settings().asyncpg_dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO points.idempotency_keys"
+                " (chain_id, key_id, scope, key, request_hash, status_code, response)"
+                " VALUES ($1, '', $2, $3, $4, 201, $5::jsonb)",
+                "demo-chain",
+                "POST /v1/members/{member_id}/points/redemptions",
+                "legacy-idem-key",
+                request_hash({"member_id": mid, **body}),
+                json.dumps(stored),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(insert_legacy_row())
+    r = api.post(
+        "points",
+        f"/v1/members/{mid}/points/redemptions",
+        body,
+        key=APP,
+        headers={"Idempotency-Key": "legacy-idem-key"},
+    )
+    assert r.status_code == 201 and r.headers.get("idempotent-replayed") == "true" and r.json() == stored
