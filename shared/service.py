@@ -98,9 +98,7 @@ def service_routers(defn: ServiceDefinition) -> list[APIRouter]:
 def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(defn, settings)
-    return create_service_app(
-        ctx, service_routers(defn), title=f"membership {defn.name}", description=defn.description
-    )
+    return create_service_app(ctx, service_routers(defn), title=f"membership {defn.name}", description=defn.description)
 
 
 async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event) -> None:

@@ -166,18 +166,9 @@ async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
         )
 
 
-async def record_purchase(
-    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
-) -> tuple[bool, schemas.PurchaseAccepted]:
-    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
-
-    The common case is one statement: insert the purchase if its member is in the chain and the
-    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
-    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
-    digest = request_hash(req.model_dump(mode="json"))
-    _reject_future(uow, req.occurred_at, "occurred_at")
-    purchase_id = str(uuid.uuid4())
-    row = {
+def purchase_row(chain_id: str, req: schemas.PurchaseRequest, purchase_id: str) -> dict[str, Any]:
+    """The purchases row of a request (its hash tells a retry from a different body under one key)."""
+    return {
         "purchase_id": purchase_id,
         "chain_id": chain_id,
         "clinic_id": req.clinic_id,
@@ -187,8 +178,34 @@ async def record_purchase(
         "currency": req.currency,
         "occurred_at": req.occurred_at,
         "items": [i.model_dump() for i in req.items],
-        "request_hash": digest,
+        "request_hash": request_hash(req.model_dump(mode="json")),
     }
+
+
+def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> PurchaseRecorded:
+    return PurchaseRecorded(
+        purchase_id=purchase_id,
+        pos_txn_id=req.pos_txn_id,
+        clinic_id=req.clinic_id,
+        member_id=req.member_id,
+        amount_fen=req.amount_fen,
+        occurred_at=req.occurred_at,
+        items=[PurchaseItem(**i.model_dump()) for i in req.items],
+    )
+
+
+async def record_purchase(
+    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
+) -> tuple[bool, schemas.PurchaseAccepted]:
+    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
+
+    The common case is one statement: insert the purchase if its member is in the chain and the
+    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
+    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
+    _reject_future(uow, req.occurred_at, "occurred_at")
+    purchase_id = str(uuid.uuid4())
+    row = purchase_row(chain_id, req, purchase_id)
+    digest = row["request_hash"]
     member_in_chain = exists().where(members.c.member_id == req.member_id, members.c.chain_id == chain_id)
     inserted = (
         await uow.execute(
@@ -202,19 +219,7 @@ async def record_purchase(
         )
     ).first()
     if inserted is not None:
-        uow.publish(
-            PurchaseRecorded(
-                purchase_id=purchase_id,
-                pos_txn_id=req.pos_txn_id,
-                clinic_id=req.clinic_id,
-                member_id=req.member_id,
-                amount_fen=req.amount_fen,
-                occurred_at=req.occurred_at,
-                items=[PurchaseItem(**i.model_dump()) for i in req.items],
-            ),
-            member_id=req.member_id,
-            chain_id=chain_id,
-        )
+        uow.publish(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
     prior = (
         await uow.execute(
