@@ -137,7 +137,14 @@ async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch
     now = uow.now()
     await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
     uow.publish(
-        MemberUpdated(member_id=member_id, name=patch.name, email=patch.email, consents=patch.consents, updated_at=now),
+        MemberUpdated(
+            member_id=member_id,
+            name=patch.name,
+            email=patch.email,
+            consents=patch.consents,
+            updated_at=now,
+            email_removed=patch.removes_email,
+        ),
         member_id=member_id,
         chain_id=chain_id,
         time=now,

@@ -16,8 +16,8 @@ def test_enrols_a_member_and_masks_the_phone(api: Api) -> None:
     created = api.enrol(phone="13812345678")
     r = api.get("enrollment", f"/v1/members/{created['member_id']}", key=POS)
     assert r.status_code == 200
-    assert r.json()["phone"] == "138****5678"
-    assert api.get("enrollment", f"/v1/members/{created['member_id']}", key=OPS).json()["phone"] == "13812345678"
+    assert r.json()["phone"] == "*******5678"  # the last four digits only
+    assert api.get("enrollment", f"/v1/members/{created['member_id']}", key=OPS).json()["phone"] == "+8613812345678"
     found = api.get("enrollment", "/v1/members", key=POS, params={"phone": "13812345678"}).json()["items"]
     assert [m["member_id"] for m in found] == [created["member_id"]]
 
