@@ -29,7 +29,7 @@ from shared.problems import Conflict, Forbidden, InvalidRequest, NotFound
 
 from . import domain, schemas
 from .queries import find_by_phone, get_member
-from .tables import activities, members, purchases, referrals, refunds
+from .tables import activities, members, policies, purchases, referrals, refunds
 
 
 async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str) -> str:
@@ -183,6 +183,15 @@ async def record_purchase(
     (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
     digest = request_hash(req.model_dump(mode="json"))
     _reject_future(uow, req.occurred_at, "occurred_at")
+    ceiling = (await policies.current(uow.session, chain_id)).max_purchase_fen
+    if domain.implausible_amount(req.amount_fen, ceiling):
+        raise InvalidRequest(
+            f"amount_fen ({req.amount_fen}) is above the largest purchase this chain accepts ({ceiling} fen).",
+            errors=[
+                {"location": ["body", "amount_fen"], "message": f"must be at most {ceiling}", "type": "value_error"}
+            ],
+            max_purchase_fen=ceiling,
+        )
     purchase_id = str(uuid.uuid4())
     row = {
         "purchase_id": purchase_id,
