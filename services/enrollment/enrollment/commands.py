@@ -173,27 +173,21 @@ async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
         )
 
 
-async def record_purchase(
-    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
-) -> tuple[bool, schemas.PurchaseAccepted]:
-    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
-
-    The common case is one statement: insert the purchase if its member is in the chain and the
-    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
-    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
-    digest = request_hash(req.model_dump(mode="json"))
-    _reject_future(uow, req.occurred_at, "occurred_at")
+async def implausible_amount(uow: UnitOfWork, *, chain_id: str, amount_fen: int) -> InvalidRequest | None:
+    """The 422 for a purchase above the chain's ceiling (``Policy.max_purchase_fen``), None when plausible."""
     ceiling = (await policies.current(uow.session, chain_id)).max_purchase_fen
-    if domain.implausible_amount(req.amount_fen, ceiling):
-        raise InvalidRequest(
-            f"amount_fen ({req.amount_fen}) is above the largest purchase this chain accepts ({ceiling} fen).",
-            errors=[
-                {"location": ["body", "amount_fen"], "message": f"must be at most {ceiling}", "type": "value_error"}
-            ],
-            max_purchase_fen=ceiling,
-        )
-    purchase_id = str(uuid.uuid4())
-    row = {
+    if not domain.implausible_amount(amount_fen, ceiling):
+        return None
+    return InvalidRequest(
+        f"amount_fen ({amount_fen}) is above the largest purchase this chain accepts ({ceiling} fen).",
+        errors=[{"location": ["body", "amount_fen"], "message": f"must be at most {ceiling}", "type": "value_error"}],
+        max_purchase_fen=ceiling,
+    )
+
+
+def purchase_row(chain_id: str, req: schemas.PurchaseRequest, purchase_id: str) -> dict[str, Any]:
+    """The purchases row of a request (its hash tells a retry from a different body under one key)."""
+    return {
         "purchase_id": purchase_id,
         "chain_id": chain_id,
         "clinic_id": req.clinic_id,
@@ -203,8 +197,37 @@ async def record_purchase(
         "currency": req.currency,
         "occurred_at": req.occurred_at,
         "items": [i.model_dump() for i in req.items],
-        "request_hash": digest,
+        "request_hash": request_hash(req.model_dump(mode="json")),
     }
+
+
+def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> PurchaseRecorded:
+    return PurchaseRecorded(
+        purchase_id=purchase_id,
+        pos_txn_id=req.pos_txn_id,
+        clinic_id=req.clinic_id,
+        member_id=req.member_id,
+        amount_fen=req.amount_fen,
+        occurred_at=req.occurred_at,
+        items=[PurchaseItem(**i.model_dump()) for i in req.items],
+    )
+
+
+async def record_purchase(
+    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
+) -> tuple[bool, schemas.PurchaseAccepted]:
+    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
+
+    The common case is one statement: insert the purchase if its member is in the chain and the
+    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
+    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
+    _reject_future(uow, req.occurred_at, "occurred_at")
+    refused = await implausible_amount(uow, chain_id=chain_id, amount_fen=req.amount_fen)
+    if refused is not None:
+        raise refused
+    purchase_id = str(uuid.uuid4())
+    row = purchase_row(chain_id, req, purchase_id)
+    digest = row["request_hash"]
     member_in_chain = exists().where(members.c.member_id == req.member_id, members.c.chain_id == chain_id)
     inserted = (
         await uow.execute(
@@ -218,19 +241,7 @@ async def record_purchase(
         )
     ).first()
     if inserted is not None:
-        uow.publish(
-            PurchaseRecorded(
-                purchase_id=purchase_id,
-                pos_txn_id=req.pos_txn_id,
-                clinic_id=req.clinic_id,
-                member_id=req.member_id,
-                amount_fen=req.amount_fen,
-                occurred_at=req.occurred_at,
-                items=[PurchaseItem(**i.model_dump()) for i in req.items],
-            ),
-            member_id=req.member_id,
-            chain_id=chain_id,
-        )
+        uow.publish(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
     prior = (
         await uow.execute(
