@@ -89,10 +89,15 @@ def test_a_mask_shows_four_digits_and_a_lookup_flood_is_stopped(api: Api, stack:
     assert masked == "*******" + target[-4:]
     # the attack: try the hidden digits one by one (500 lookups in 2 s recovered a 138****5678 mask)
     candidates = [target[:3] + f"{i:04d}" + target[-4:] for i in range(500)]
+    started = time.monotonic()
     answers = [api.get("enrollment", "/v1/members", key=pos, params={"phone": c}) for c in candidates]
+    elapsed = time.monotonic() - started
     codes = [r.status_code for r in answers]
     limited = [r for r in answers if r.status_code == 429]
-    assert codes.count(200) <= 40, codes.count(200)  # the burst, and what refilled meanwhile
+    # the burst (30) and one a second after it, however long the 500 tries took on a busy machine
+    assert codes.count(200) <= 30 + elapsed * 1.0 + 2, (codes.count(200), elapsed)
+    assert codes.count(429) >= 500 - 32 - elapsed, (codes.count(429), elapsed)
+    assert set(codes) <= {200, 429}
     assert limited and int(limited[0].headers["Retry-After"]) >= 1
     assert is_problem(limited[0], 429)["type"].endswith("/too-many-requests")
     # other calls of that key, and other keys' lookups, are not held up
