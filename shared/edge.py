@@ -36,6 +36,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: the methods a metric names; any other is counted as ``other``
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LENGTH = re.compile(r"^[0-9]{1,20}$")
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 #: a JSON ``\u0000`` escape: an odd run of backslashes before ``u0000`` (an even run is a literal backslash)
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -118,7 +119,7 @@ class EdgeMiddleware:
         """``receive`` replaying the body read here, at most ``max_body_bytes`` of it (413 beyond)."""
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not _LENGTH.match(length):
                 raise _Rejected(Problem("Content-Length must be a number of bytes."))
             if int(length) > self.max_body_bytes:
                 raise _Rejected(_too_large(self.max_body_bytes))

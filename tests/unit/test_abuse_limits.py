@@ -217,8 +217,9 @@ async def test_a_lying_content_length_is_still_stopped_at_the_limit() -> None:
     chunks = [b"x" * 65536] * 320
     status, _, _, read = await _raw(h.app, "POST", "/v1/things", [(b"content-length", b"10")], chunks)
     assert status == 413 and read <= 17
-    status, _, _, _ = await _raw(h.app, "POST", "/v1/things", [(b"content-length", b"-5")], chunks)
-    assert status == 400
+    for bad in (b"-5", "\u00b2".encode("latin-1"), b"1" * 40):
+        status, _, _, _ = await _raw(h.app, "POST", "/v1/things", [(b"content-length", bad)], chunks)
+        assert status == 400
 
 
 async def test_a_body_within_the_limit_still_works(h: Harness) -> None:
@@ -324,3 +325,35 @@ async def test_values_out_of_range_are_422_and_other_database_errors_stay_500(h:
             doc = _is_problem(await client.get(path), 422)
             assert "out of the range" in doc["detail"]
         _is_problem(await client.get("/v1/db-other"), 500)
+
+
+def test_every_strict_body_bounds_its_dates_instants_and_integers() -> None:
+    from datetime import UTC, date, datetime
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.schemas import Instant, Strict
+
+    class Body(Strict):
+        day: date | None = None
+        at: datetime | None = None
+        n: int | None = None
+        days: list[date] | None = None
+
+    Body(day=date(1990, 1, 1), at=datetime(2026, 1, 1, tzinfo=UTC), n=2**63 - 1)
+    for bad in (
+        {"day": "0001-01-01"},
+        {"day": "9999-12-31"},
+        {"at": "9999-12-31T23:59:59+00:00"},
+        {"at": "0001-01-01T00:00:00+14:00"},
+        {"n": 2**63},
+        {"n": -(2**64)},
+        {"days": ["2000-01-01", "9999-01-01"]},
+    ):
+        with pytest.raises(ValidationError):
+            Body.model_validate(bad)
+    instant = TypeAdapter(Instant)
+    assert instant.validate_python("2026-01-01T00:00:00+08:00").year == 2026
+    for bad_instant in ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+00:00", "2026-01-01T00:00:00"):
+        with pytest.raises(ValidationError):
+            instant.validate_python(bad_instant)
