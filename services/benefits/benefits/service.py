@@ -2,7 +2,7 @@
 
 from shared.service import Schedule, ServiceDefinition
 
-from .api import router
+from .api import router, snapshots_router
 from .handlers import HANDLERS
 from .jobs import expire_due_benefits, grant_birthday_vouchers
 from .tables import shared
@@ -10,7 +10,7 @@ from .tables import shared
 SERVICE = ServiceDefinition(
     name="benefits",
     tables=shared,
-    routers=[router],
+    routers=[router, snapshots_router],
     handlers=HANDLERS,
     schedules=[
         Schedule(name="expire-benefits", run=expire_due_benefits),

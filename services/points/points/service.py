@@ -2,7 +2,7 @@
 
 from shared.service import Schedule, ServiceDefinition
 
-from .api import ops_router, router
+from .api import ops_router, router, snapshots_router
 from .handlers import HANDLERS, prepare
 from .jobs import expire_points
 from .tables import shared
@@ -10,7 +10,7 @@ from .tables import shared
 SERVICE = ServiceDefinition(
     name="points",
     tables=shared,
-    routers=[router, ops_router],
+    routers=[router, ops_router, snapshots_router],
     handlers=HANDLERS,
     prepare=prepare,
     # every chain's expiry pass as of now (the ops endpoint runs one chain's, as of any instant)

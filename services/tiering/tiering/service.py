@@ -3,7 +3,7 @@
 from shared.service import Schedule, ServiceDefinition
 
 from . import jobs
-from .api import router
+from .api import router, snapshots_router
 from .handlers import HANDLERS, prepare
 from .tables import shared
 
@@ -14,7 +14,7 @@ RECALCULATION_POLL_SECONDS = 2.0
 SERVICE = ServiceDefinition(
     name="tiering",
     tables=shared,
-    routers=[router],
+    routers=[router, snapshots_router],
     handlers=HANDLERS,
     prepare=prepare,
     schedules=[

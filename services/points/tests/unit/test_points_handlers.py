@@ -22,6 +22,7 @@ from points.handlers import (
     prepare,
 )
 from points.store import Member, PointsStore
+from points.wallets import held_points
 from services.points.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     ActivityRecorded,
@@ -364,3 +365,28 @@ async def test_activities_back_dated_before_the_enrolment_earn_nothing_so_past_m
     assert store.members["m-1"].balance == 0
     assert store.behaviour == {}
     assert {(e.delta, e.capped) for e in store.entries_of("m-1")} == {(0, 200)}
+
+
+# ---- a rebuild's snapshot of the points ----------------------------------------------------------
+
+
+async def test_a_snapshot_carries_the_points_a_points_change_carries_and_moves_them_on_with_time() -> None:
+    store = await store_with(("m-1", NOW - timedelta(days=12)))
+    bought_at = NOW - timedelta(hours=1)
+    uow = await handle(on_purchase_recorded, event(purchase("m-1", 12_345, bought_at)), unit_over(store))
+    uow = await handle(on_activity_recorded, event(activity("m-1", "lecture")), uow)
+    changed = uow.published(PointsChanged)[-1]
+    account = await store.locked_account(member_id="m-1")
+    assert account is not None
+    snapshot = held_points(account.wallet, NOW)
+    assert snapshot.model_dump() == changed.model_dump(
+        include={"balance", "available", "pending", "expiring", "pending_until"}
+    )
+    # once the return window has passed, the pending points are available, with no event about it
+    later = held_points(account.wallet, NOW + timedelta(days=8))
+    assert (later.balance, later.available, later.pending, later.pending_until) == (
+        snapshot.balance,
+        snapshot.balance,
+        0,
+        [],
+    )
