@@ -9,15 +9,13 @@ import hashlib
 import json
 import logging
 import socket
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -25,9 +23,18 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .db import Database, UnitOfWork
+from .edge import EdgeMiddleware
 from .observability import correlation_id, metrics
 from .platform import PlatformStore, Principal
-from .problems import Conflict, Forbidden, InvalidRequest, Unauthorized, install_problem_handlers
+from .problems import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    TooManyRequests,
+    Unauthorized,
+    install_problem_handlers,
+)
+from .ratelimit import KeyRateLimiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,23 @@ class ServiceContext:
     settings: Settings
     db: Database
     platform: PlatformStore
+    _limiters: dict[str, KeyRateLimiter] = field(default_factory=dict)
+
+    def limiter(self, name: str, *, rate: float, burst: int) -> KeyRateLimiter:
+        """This process's token buckets named ``name`` (one per API key), made on first use."""
+        found = self._limiters.get(name)
+        if found is None:
+            found = self._limiters[name] = KeyRateLimiter(rate, burst)
+        return found
+
+    def throttle(self, name: str, principal: Principal, *, rate: float, burst: int, what: str) -> None:
+        """A token of the key's bucket ``name``, or 429 (with Retry-After) when it is empty."""
+        wait = self.limiter(name, rate=rate, burst=burst).take(principal.key_id or principal.key_name)
+        if wait > 0:
+            raise TooManyRequests(
+                f"This API key sent more {what} than it may (up to {rate:g} a second, {burst} at once).",
+                retry_after=wait,
+            )
 
 
 def get_ctx(request: Request) -> ServiceContext:
@@ -68,6 +92,10 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
         principal = await ctx.platform.principal(credentials.credentials)
         if principal is None:
             raise Unauthorized("The API key is unknown or revoked.")
+        settings = ctx.settings
+        ctx.throttle(
+            "requests", principal, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst, what="requests"
+        )
         if not any(principal.allows(s) for s in scopes):
             raise Forbidden(f"This operation needs one of the scopes {list(scopes)} (or ops).")
         return principal
@@ -221,40 +249,7 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
     app.state.ctx = ctx
     install_problem_handlers(app)
 
-    @app.middleware("http")
-    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
-        token = correlation_id.set(cid[:100])
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            correlation_id.reset(token)
-        elapsed = time.perf_counter() - started
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.inc(
-            "http_requests_total",
-            1,
-            service=ctx.name,
-            method=request.method,
-            path=path,
-            status=str(response.status_code),
-        )
-        metrics.observe("http_request_seconds", elapsed, service=ctx.name, method=request.method, path=path)
-        response.headers["X-Correlation-Id"] = cid
-        # the path template, never the query string: a phone lookup must not reach the logs
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": path,
-                "status": response.status_code,
-                "ms": round(elapsed * 1000, 2),
-                "correlation_id": cid,
-            },
-        )
-        return response
+    app.add_middleware(EdgeMiddleware, service=ctx.name, max_body_bytes=ctx.settings.max_body_bytes)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

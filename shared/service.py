@@ -83,7 +83,12 @@ def make_clock(settings: Settings) -> Clock:
 
 def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | None = None) -> ServiceContext:
     db = Database.connect(settings, defn.tables, make_clock(settings), pool_size)
-    return ServiceContext(defn.name, settings, db, PlatformStore(db.engine, settings.api_key_cache_seconds))
+    return ServiceContext(
+        defn.name,
+        settings,
+        db,
+        PlatformStore(db.engine, settings.api_key_cache_seconds, settings.api_key_unknown_reload_seconds),
+    )
 
 
 def service_routers(defn: ServiceDefinition) -> list[APIRouter]:

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     clock_file: Path | None = None  # tests only: a file with a time offset in seconds (see shared.clock)
 
     api_key_cache_seconds: float = Field(5.0, ge=0)
+    #: how often an unknown key may cause a reload of the known secrets' hashes (one query, whatever the
+    #: number of guesses; see shared.platform.KnownSecrets)
+    api_key_unknown_reload_seconds: float = Field(1.0, gt=0, le=60)
+
+    # abuse limits (SPEC §9): request bodies, requests per API key and process, phone lookups per key
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    rate_limit_per_second: float = Field(1000.0, gt=0)
+    rate_limit_burst: int = Field(2000, ge=1)
+    phone_lookup_per_second: float = Field(1.0, gt=0)
+    phone_lookup_burst: int = Field(30, ge=1)
     #: how long a rotated key's previous secret keeps working
     key_rotation_grace_seconds: int = Field(24 * 3600, ge=0)
     log_level: str = "INFO"

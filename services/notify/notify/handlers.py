@@ -181,6 +181,7 @@ async def on_member_updated(event: CloudEvent[MemberUpdated], uow: Unit) -> None
             else None
         ),
         at=uow.now(),
+        email_removed=d.email_removed,
     )
 
 

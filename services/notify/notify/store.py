@@ -81,8 +81,10 @@ class NotifyStore(abc.ABC):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
-        """Change what is given (None: unchanged) of a known member's contact; an unknown member is ignored."""
+        """Change what is given (None: unchanged) of a known member's contact; ``email_removed``: forget the
+        email; an unknown member is ignored."""
 
     @abc.abstractmethod
     async def queue_notifications(self, *, queued: Sequence[QueuedNotification]) -> None:
@@ -226,11 +228,12 @@ class SqlStore(NotifyStore):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
         changes: dict[str, Any] = {}
         if name is not None:
             changes["name"] = name
-        if email is not None:
+        if email is not None or email_removed:
             changes["email"] = email
         if consents is not None:
             changes["consents"] = dataclasses.asdict(consents)

@@ -220,9 +220,13 @@ async def on_activity_recorded(event: CloudEvent[ActivityRecorded], uow: Unit) -
             source_event_id=event.id,
         )
         return
+    # the cap of the (local) month the activity happened in, whenever it arrives; none before enrolment
     month = domain.local_month(d.occurred_at, wallet.tz)
-    so_far = await store.behaviour_awarded(member_id=member.member_id, month=month)
-    awarded, capped = domain.capped_award(points, so_far, policy.earning.behaviour_monthly_cap)
+    if domain.before_enrolment(d.occurred_at, member.enrolled_at):
+        awarded, capped = 0, points
+    else:
+        so_far = await store.behaviour_awarded(member_id=member.member_id, month=month)
+        awarded, capped = domain.capped_award(points, so_far, policy.earning.behaviour_monthly_cap)
     if awarded:
         await store.add_behaviour_award(member_id=member.member_id, month=month, points=awarded)
         wallet.credit(domain.new_lot(str(uuid.uuid4()), awarded, d.occurred_at, policy, wallet.tz))

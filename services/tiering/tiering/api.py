@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from shared.api import (
     CtxDep,
@@ -20,6 +19,7 @@ from shared.api import (
 )
 from shared.audit import record_audit
 from shared.db import UnitOfWork
+from shared.schemas import Instant
 from shared.service import JobRun
 from shared.snapshots import snapshot_router
 
@@ -47,7 +47,7 @@ async def member_tier_history(member_id: str, ctx: CtxDep, principal: PosOrApp) 
 
 @router.get("/members/{member_id}/tier/explain", response_model=schemas.TierExplanation)
 async def explain_member_tier(
-    member_id: str, ctx: CtxDep, principal: PosOrApp, as_of: Annotated[AwareDatetime | None, Query()] = None
+    member_id: str, ctx: CtxDep, principal: PosOrApp, as_of: Annotated[Instant | None, Query()] = None
 ) -> schemas.TierExplanation:
     """Why the member held their tier at ``as_of`` (default now): policy, thresholds, evidence, last change."""
     async with ctx.db.unit_of_work() as uow:
@@ -118,7 +118,9 @@ async def get_policy(ctx: CtxDep, principal: OpsKey) -> schemas.PolicyDocument:
 
 
 @router.get("/policy/versions/{version}", response_model=schemas.PolicyDocument)
-async def get_policy_version(version: int, ctx: CtxDep, principal: OpsKey) -> schemas.PolicyDocument:
+async def get_policy_version(
+    version: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: CtxDep, principal: OpsKey
+) -> schemas.PolicyDocument:
     """One stored version of the chain's policy."""
     async with ctx.db.unit_of_work() as uow:
         return await queries.policy_version(uow, chain_id=principal.chain_id, version=version)

@@ -98,6 +98,7 @@ class InMemoryStore(NotifyStore):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
         held = self.contacts.get(member_id)
         if held is None or held[0] != chain_id:
@@ -105,7 +106,7 @@ class InMemoryStore(NotifyStore):
         contact = held[1]
         if name is not None:
             contact = replace(contact, name=name)
-        if email is not None:
+        if email is not None or email_removed:
             contact = replace(contact, email=email)
         if consents is not None:
             contact = replace(contact, consents=consents)

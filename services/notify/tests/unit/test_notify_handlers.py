@@ -179,6 +179,21 @@ async def test_a_member_update_changes_only_what_it_carries() -> None:
     assert store.notifications == []
 
 
+async def test_a_removed_email_is_forgotten_and_never_mailed_again() -> None:
+    store = known("m1", domain.Consents(marketing=False, sms=True, email=True))
+    await handle(on_tier_changed, event(tier_changed("up"), member_id="m1"), unit(store))
+    assert "email" in [n.channel for n in store.queued("m1", "tier_up")]  # mailed while the address is on file
+    store.notifications.clear()
+    await handle(
+        on_member_updated,
+        event(MemberUpdated(member_id="m1", email=None, email_removed=True, updated_at=EVENING)),
+        unit(store),
+    )
+    assert store.contact("m1").email is None
+    await handle(on_tier_changed, event(tier_changed("up"), member_id="m1"), unit(store))
+    assert "email" not in [n.channel for n in store.queued("m1", "tier_up")]
+
+
 async def test_a_member_update_of_another_chains_member_changes_nothing() -> None:
     store = known("m1", SMS_ONLY)
     before = store.contact("m1")
