@@ -23,6 +23,7 @@ from .db import UnitOfWork
 from .pagination import decode_cursor, encode_cursor
 from .platform import Principal
 from .problems import InvalidRequest
+from .schemas import Instant
 
 
 def audit_table(metadata: MetaData) -> Table:
@@ -117,7 +118,7 @@ def audit_router() -> APIRouter:
         principal: OpsKey,
         action: Annotated[str | None, Query(max_length=100)] = None,
         target: Annotated[str | None, Query(max_length=200)] = None,
-        since: datetime | None = None,
+        since: Instant | None = None,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> AuditPage:

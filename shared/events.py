@@ -98,6 +98,8 @@ class MemberUpdated(EventData):
     email: str | None = None
     consents: Consents | None = None
     updated_at: datetime
+    #: the member removed their email (``email`` is then None): consumers forget the address
+    email_removed: bool = False
 
 
 class PurchaseItem(BaseModel):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 import sys
 import threading
 from collections import defaultdict
@@ -18,22 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+# mainland mobile numbers in any written form, anywhere in a message, never reach a log (shared.phones)
+from .phones import mask_phone as mask_phone
+from .phones import redact
+
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
-
-# Mainland mobile numbers (optionally +86), anywhere in a message: never written to a log.
-_PHONE = re.compile(r"(?<!\d)(?:\+?86[- ]?)?1[3-9]\d{9}(?!\d)")
-
-
-def mask_phone(phone: str) -> str:
-    """138****5678: keep the first three and the last four digits."""
-    digits = phone.strip()
-    if len(digits) < 8:
-        return "*" * len(digits)
-    return digits[:3] + "*" * (len(digits) - 7) + digits[-4:]
-
-
-def redact(text: str) -> str:
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)[-11:]), text)
 
 
 @contextmanager

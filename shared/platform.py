@@ -12,9 +12,12 @@ operations (everything within its chain), ``platform`` above ``ops`` (onboarding
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -115,12 +118,72 @@ class Principal:
         return self.clinic_id is None or self.clinic_id == clinic_id
 
 
-class PlatformStore:
-    """Looks keys and chains up, with a short cache so auth costs no query per request."""
+class KnownSecrets:
+    """The hashes of every stored secret, so a guessed key is refused without a query of its own.
 
-    def __init__(self, engine: AsyncEngine, cache_seconds: float = 5.0, box: SecretBox | None = None) -> None:
+    A hash absent from the snapshot is absent from the database as of the snapshot; since a key may have
+    been added since (by another process), the caller waits for a snapshot begun after it asked. Snapshots
+    begin at most once per ``reload_seconds`` and are shared by everyone waiting, so a flood of guesses
+    costs one query per ``reload_seconds`` whatever its size, and a new key works at its first use (after
+    at most that wait). Revoked and expired keys stay in the snapshot until deleted; their own lookup,
+    cached in :class:`PlatformStore`, refuses them."""
+
+    def __init__(
+        self, engine: AsyncEngine, reload_seconds: float = 1.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.engine = engine
+        self.reload_seconds = reload_seconds
+        self.clock = clock
+        self._hashes: frozenset[str] = frozenset()
+        self._began = float("-inf")  # when the snapshot held now began
+        self._next: asyncio.Task[None] | None = None
+        self.reloads = 0
+
+    async def may_exist(self, key_hash: str) -> bool:
+        if key_hash in self._hashes:
+            return True
+        asked = self.clock()
+        while self._began < asked:
+            if self._next is None or self._next.done():
+                self._next = asyncio.create_task(self._reload())
+            task = self._next
+            try:
+                await asyncio.shield(task)
+            finally:
+                if task.done() and not task.cancelled() and task.exception() is not None and self._next is task:
+                    self._next = None  # a failed reload is retried by the next caller
+        return key_hash in self._hashes
+
+    async def _reload(self) -> None:
+        wait = self._began + self.reload_seconds - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        began = self.clock()
+        async with self.engine.connect() as conn:
+            hashes = frozenset((await conn.execute(select(key_secrets.c.key_hash))).scalars())
+        self.reloads += 1
+        self._hashes, self._began = hashes, began
+
+    def forget(self) -> None:
+        """This process stored a secret: the next unknown hash reloads at once."""
+        self._began = float("-inf")
+
+
+class PlatformStore:
+    """Looks keys and chains up, with a short cache so auth costs no query per request, and a snapshot of
+    the known secrets so a guessed key costs none either (:class:`KnownSecrets`)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache_seconds: float = 5.0,
+        unknown_reload_seconds: float = 1.0,
+        *,
+        box: SecretBox | None = None,
+    ) -> None:
         self.engine = engine
         self.cache_seconds = cache_seconds
+        self.known = KnownSecrets(engine, unknown_reload_seconds)
         #: opens the chains' sealed webhook secrets
         self.box = box or SecretBox.development()
         self._keys: TTLCache[str, Principal | None] = TTLCache(cache_seconds)
@@ -160,6 +223,8 @@ class PlatformStore:
             return Principal(row.chain_id, frozenset(row.scopes), row.name, row.key_id, row.clinic_id)
 
         h = hash_key(key)
+        if not await self.known.may_exist(h):
+            return None
         return await self._keys.get_or_load(h, load)
 
     async def chain(self, chain_id: str) -> Chain | None:
@@ -178,6 +243,7 @@ class PlatformStore:
     def forget_keys(self) -> None:
         """Drop cached keys (this process changed one; the others see it within ``cache_seconds``)."""
         self._keys.invalidate()
+        self.known.forget()
 
     def forget_chain(self, chain_id: str) -> None:
         self._chains.invalidate(chain_id)

@@ -83,6 +83,9 @@ class Policy(_Doc):
     downgrade_max_steps: int = Field(1, ge=1, le=10)
     care_pack_min_purchase_fen: int = Field(500_000, ge=0)
     birthday_voucher_fen: int = Field(100_000, ge=0)
+    #: a single purchase above this is implausible (a typo, a test, an attack) and refused with 422;
+    #: 10 million yuan by default, per chain and versioned like every rule (docs/decisions/0023)
+    max_purchase_fen: int = Field(1_000_000_000, ge=1, le=10**12)
     referral: Referral = Referral()
     benefits: dict[str, list[BenefitRule]]
 

@@ -8,11 +8,13 @@ FastAPI's own validation and HTTP errors, into ``application/problem+json``.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,12 @@ class Problem(Exception):
     slug: str = "bad-request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        #: response headers the problem needs (``Retry-After`` of a 429)
+        self.headers = headers or {}
 
     def document(self, instance: str | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -63,6 +67,37 @@ class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict with the current state"
 
 
+class TooLarge(Problem):
+    status, slug, title = 413, "too-large", "Request body too large"
+
+
+class TooManyRequests(Problem):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float, **extra: Any) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(detail, headers={"Retry-After": str(seconds)}, retry_after=seconds, **extra)
+
+
+def out_of_range(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says a value of the request is out of what the code or the database
+    can hold: Python date arithmetic overflowing, PostgreSQL's data exceptions (SQLSTATE class 22: a NUL in
+    text, an integer or timestamp out of range) and asyncpg's own check of an argument (an int beyond int4)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OverflowError):
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ == "DataError":
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
 def problem_response(
     problem: Problem, request: Request | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -89,8 +124,8 @@ _STATUS_SLUGS = {
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return problem_response(exc, request, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return problem_response(exc, request, {**headers, **exc.headers} or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +143,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         p.slug = _STATUS_SLUGS.get(exc.status_code, "http-error")
         p.title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         return problem_response(p, request, getattr(exc, "headers", None))
+
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # a backstop behind the request models' bounds: a value the code or the database cannot hold is the
+        # request's fault (422), and the transaction it broke has rolled back; anything else stays a 500
+        if not out_of_range(exc):
+            raise exc
+        log.warning("a request value is out of range", extra={"error": type(exc).__name__})
+        p = InvalidRequest(
+            "A value of the request is out of the range this service accepts (too large, too far"
+            " in the past or future, or a NUL character)."
+        )
+        return problem_response(p, request)
+
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DBAPIError, _out_of_range)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

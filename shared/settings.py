@@ -82,6 +82,10 @@ class Settings(BaseSettings):
 
     # schedules (expiry, reviews, birthdays): how often a worker looks for due work
     schedule_interval_seconds: float = Field(60.0, gt=0)
+    #: how far an operations run of a job (``POST .../run`` with ``as_of``) may look ahead of the service
+    #: clock's now, and back behind it (docs/decisions/0030)
+    max_as_of_skew_seconds: float = Field(3600.0, ge=0)
+    max_as_of_past_seconds: float = Field(7 * 24 * 3600.0, ge=0)
 
     # retention of the shared tables (see shared.retention); the inbox must outlive the topics' retention
     outbox_retention_days: float = Field(7.0, gt=0)
@@ -92,6 +96,16 @@ class Settings(BaseSettings):
     clock_file: Path | None = None  # tests only: a file with a time offset in seconds (see shared.clock)
 
     api_key_cache_seconds: float = Field(5.0, ge=0)
+    #: how often an unknown key may cause a reload of the known secrets' hashes (one query, whatever the
+    #: number of guesses; see shared.platform.KnownSecrets)
+    api_key_unknown_reload_seconds: float = Field(1.0, gt=0, le=60)
+
+    # abuse limits (SPEC §9): request bodies, requests per API key and process, phone lookups per key
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    rate_limit_per_second: float = Field(1000.0, gt=0)
+    rate_limit_burst: int = Field(2000, ge=1)
+    phone_lookup_per_second: float = Field(1.0, gt=0)
+    phone_lookup_burst: int = Field(30, ge=1)
     #: how long a rotated key's previous secret keeps working
     key_rotation_grace_seconds: int = Field(24 * 3600, ge=0)
     log_level: str = "INFO"

@@ -196,7 +196,7 @@ async def test_migration_0003_seals_the_webhook_secrets_stored_in_plaintext(stac
         async with engine.connect() as conn:
             stored = dict((await conn.execute(select(chains.c.chain_id, chains.c.webhook_secret))).all())
         assert stored["old-b"] is None and is_sealed(stored["old-a"]) and "QUFB" not in stored["old-a"]
-        chain = await PlatformStore(engine, 0, SecretBox.from_settings(settings)).chain("old-a")
+        chain = await PlatformStore(engine, 0, box=SecretBox.from_settings(settings)).chain("old-a")
         assert chain is not None and chain.webhook_secret == "whsec_QUFB"
         await asyncio.to_thread(command.downgrade, cfg, "0002")  # and back, for a rollback of the release
         async with engine.connect() as conn:

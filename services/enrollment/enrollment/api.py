@@ -16,6 +16,7 @@ from shared.api import (
     PosOrApp,
     current_correlation_id,
     idempotent_command,
+    job_as_of,
 )
 from shared.audit import record_audit
 from shared.db import UnitOfWork
@@ -46,9 +47,14 @@ async def enrol_member(
 
 @router.get("/members", response_model=schemas.MemberList)
 async def find_members(
-    ctx: CtxDep, principal: PosOrApp, phone: Annotated[str, Query(min_length=6, max_length=20)]
+    ctx: CtxDep, principal: PosOrApp, phone: Annotated[str, Query(min_length=6, max_length=32)]
 ) -> schemas.MemberList:
-    """Look a member up by phone (POS)."""
+    """Look a member up by phone (POS), in any written form; limited per key more strictly than other calls
+    (a masked phone must not be recoverable by trying its hidden digits)."""
+    s = ctx.settings
+    ctx.throttle(
+        "phone-lookups", principal, rate=s.phone_lookup_per_second, burst=s.phone_lookup_burst, what="phone lookups"
+    )
     try:
         normalized = schemas.normalize_phone(phone)
     except ValueError as exc:
@@ -57,7 +63,7 @@ async def find_members(
         ) from exc
     async with ctx.db.unit_of_work() as uow:
         rows = await queries.find_by_phone(uow, chain_id=principal.chain_id, phone=normalized)
-    return schemas.MemberList(items=[queries.profile(r, reveal_phone=principal.is_ops) for r in rows])
+        return schemas.MemberList(items=[queries.profile(r, reveal_phone=principal.is_ops) for r in rows])
 
 
 @router.get("/members/{member_id}", response_model=schemas.MemberProfile)
@@ -76,7 +82,8 @@ async def patch_member(
     """Change name, email or consents."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
         row = await commands.update_member(uow, chain_id=principal.chain_id, member_id=member_id, patch=body)
-    return queries.profile(row, reveal_phone=principal.is_ops)
+        # the answer is built before the commit: if it fails, the change rolls back with it
+        return queries.profile(row, reveal_phone=principal.is_ops)
 
 
 @router.get("/members/{member_id}/status", response_model=schemas.MemberStatus)
@@ -159,7 +166,7 @@ async def refund_purchase(
 async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.ReferralRun:
     """Complete the caller's chain's referrals that are due as of ``as_of`` (default now); the schedule
     runs the same job for every chain."""
-    as_of = (body.as_of if body and body.as_of else None) or ctx.db.clock.now()
+    as_of = job_as_of(ctx, body.as_of if body else None)
     completed = await jobs.complete_referrals(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
     result = schemas.ReferralRun(completed=completed, as_of=as_of)
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:

@@ -29,7 +29,7 @@ from shared.problems import Conflict, Forbidden, InvalidRequest, NotFound
 
 from . import domain, schemas
 from .queries import find_by_phone, get_member
-from .tables import activities, members, purchases, referrals, refunds
+from .tables import activities, members, policies, purchases, referrals, refunds
 
 
 async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str) -> str:
@@ -137,7 +137,14 @@ async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch
     now = uow.now()
     await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
     uow.publish(
-        MemberUpdated(member_id=member_id, name=patch.name, email=patch.email, consents=patch.consents, updated_at=now),
+        MemberUpdated(
+            member_id=member_id,
+            name=patch.name,
+            email=patch.email,
+            consents=patch.consents,
+            updated_at=now,
+            email_removed=patch.removes_email,
+        ),
         member_id=member_id,
         chain_id=chain_id,
         time=now,
@@ -164,6 +171,18 @@ async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
                 {"location": ["body", "member_id"], "message": "no such member in this chain", "type": "value_error"}
             ],
         )
+
+
+async def implausible_amount(uow: UnitOfWork, *, chain_id: str, amount_fen: int) -> InvalidRequest | None:
+    """The 422 for a purchase above the chain's ceiling (``Policy.max_purchase_fen``), None when plausible."""
+    ceiling = (await policies.current(uow.session, chain_id)).max_purchase_fen
+    if not domain.implausible_amount(amount_fen, ceiling):
+        return None
+    return InvalidRequest(
+        f"amount_fen ({amount_fen}) is above the largest purchase this chain accepts ({ceiling} fen).",
+        errors=[{"location": ["body", "amount_fen"], "message": f"must be at most {ceiling}", "type": "value_error"}],
+        max_purchase_fen=ceiling,
+    )
 
 
 def purchase_row(chain_id: str, req: schemas.PurchaseRequest, purchase_id: str) -> dict[str, Any]:
@@ -203,6 +222,9 @@ async def record_purchase(
     (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
     (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
     _reject_future(uow, req.occurred_at, "occurred_at")
+    refused = await implausible_amount(uow, chain_id=chain_id, amount_fen=req.amount_fen)
+    if refused is not None:
+        raise refused
     purchase_id = str(uuid.uuid4())
     row = purchase_row(chain_id, req, purchase_id)
     digest = row["request_hash"]

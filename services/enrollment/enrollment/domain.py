@@ -52,6 +52,11 @@ def new_referral_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(8))
 
 
+def implausible_amount(amount_fen: int, max_purchase_fen: int) -> bool:
+    """A single purchase above the chain's ceiling (``Policy.max_purchase_fen``) is not believed."""
+    return amount_fen > max_purchase_fen
+
+
 def in_the_future(when: datetime, now: datetime) -> bool:
     """A time a client reports that is later than now, beyond the clock skew we tolerate."""
     return when > now + MAX_CLOCK_SKEW

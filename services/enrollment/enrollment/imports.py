@@ -119,6 +119,10 @@ async def import_purchases(uow: UnitOfWork, *, chain_id: str, items: list[dict[s
         if domain.in_the_future(item.occurred_at, uow.now()):
             results[index] = _rejected(index, InvalidRequest("occurred_at is in the future."))
             continue
+        refused = await commands.implausible_amount(uow, chain_id=chain_id, amount_fen=item.amount_fen)
+        if refused is not None:
+            results[index] = _rejected(index, refused)
+            continue
         valid[index] = item
     known = set(
         (

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
+from shared import phones
 from shared.events import Consents
 from shared.schemas import Strict
 
-_PHONE_CHARS = re.compile(r"[\s\-()]")
-_PHONE = re.compile(r"^\+?\d{6,15}$")
-
 
 def normalize_phone(raw: str) -> str:
-    phone = _PHONE_CHARS.sub("", raw)
-    if not _PHONE.match(phone):
-        raise ValueError("phone must be 6 to 15 digits, optionally with a leading +")
-    if phone.startswith("+86") and len(phone) == 14:
-        phone = phone[3:]
-    return phone
+    """E.164 (see shared.phones): every written form of a number is one member."""
+    return phones.normalize_phone(raw)
 
 
 Id = Field(min_length=1, max_length=100)
@@ -76,9 +69,23 @@ class MemberList(BaseModel):
 
 
 class MemberPatch(Strict):
+    """What to change; a field left out is unchanged. ``email: null`` removes the email; name and consents
+    are required of a member, so null for them is a 422."""
+
     name: str | None = Field(None, min_length=1, max_length=100)
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     consents: Consents | None = None
+
+    @field_validator("name", "consents", mode="before")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("must not be null (leave the field out to keep it)")
+        return v
+
+    @property
+    def removes_email(self) -> bool:
+        return "email" in self.model_fields_set and self.email is None
 
 
 class PurchaseItemIn(Strict):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import tzinfo
 from typing import Any
 
-from shared.consumer import handlers
+from shared.consumer import check_member_chain, handlers
 from shared.db import Unit
 from shared.events import (
     BenefitGranted,
@@ -76,6 +76,9 @@ async def queue(
     chain_id = event.chainid
     who = recipient or await store.recipient(chain_id=chain_id, member_id=member_id)
     if who.contact is None:
+        # not known in the event's chain: parked until the enrolment arrives, unless the member is
+        # known in another chain (a forged event: refused, dead-lettered)
+        check_member_chain(event, member_id, await store.chain_of(member_id=member_id))
         await _park(uow, event, member_id=member_id)
         return 0
     spec = domain.KINDS[kind]
@@ -141,6 +144,7 @@ async def _unpark(uow: Unit, *, member_id: str, chain_id: str) -> None:
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
     store = store_of(uow)
+    check_member_chain(event, d.member_id, await store.chain_of(member_id=d.member_id))
     contact = domain.Contact(
         name=d.name,
         phone=d.phone,
@@ -165,6 +169,7 @@ async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> No
 async def on_member_updated(event: CloudEvent[MemberUpdated], uow: Unit) -> None:
     d = event.data
     consents = d.consents
+    check_member_chain(event, d.member_id, await store_of(uow).chain_of(member_id=d.member_id))
     await store_of(uow).update_contact(
         chain_id=event.chainid,
         member_id=d.member_id,
@@ -176,6 +181,7 @@ async def on_member_updated(event: CloudEvent[MemberUpdated], uow: Unit) -> None
             else None
         ),
         at=uow.now(),
+        email_removed=d.email_removed,
     )
 
 

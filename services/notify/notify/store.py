@@ -58,6 +58,10 @@ class NotifyStore(abc.ABC):
         """The member's contact and preferences (no contact, default preferences, when not known yet)."""
 
     @abc.abstractmethod
+    async def chain_of(self, *, member_id: str) -> str | None:
+        """The chain the member's contact is on file in; None before their enrolment arrived."""
+
+    @abc.abstractmethod
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         """Record a newly enrolled member's contact; one already recorded is kept."""
 
@@ -77,8 +81,10 @@ class NotifyStore(abc.ABC):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
-        """Change what is given (None: unchanged) of a known member's contact; an unknown member is ignored."""
+        """Change what is given (None: unchanged) of a known member's contact; ``email_removed``: forget the
+        email; an unknown member is ignored."""
 
     @abc.abstractmethod
     async def queue_notifications(self, *, queued: Sequence[QueuedNotification]) -> None:
@@ -183,6 +189,12 @@ class SqlStore(NotifyStore):
             return domain.Recipient(None, domain.Preferences())
         return domain.Recipient(contact_from_row(row), preferences_from_row(row))
 
+    async def chain_of(self, *, member_id: str) -> str | None:
+        chain: str | None = await self.uow.session.scalar(
+            select(contacts.c.chain_id).where(contacts.c.member_id == member_id)
+        )
+        return chain
+
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         await self.uow.execute(
             pg_insert(contacts)
@@ -216,11 +228,12 @@ class SqlStore(NotifyStore):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
         changes: dict[str, Any] = {}
         if name is not None:
             changes["name"] = name
-        if email is not None:
+        if email is not None or email_removed:
             changes["email"] = email
         if consents is not None:
             changes["consents"] = dataclasses.asdict(consents)

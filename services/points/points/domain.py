@@ -49,6 +49,12 @@ def behaviour_points(kind: str, earning: Earning) -> int:
     return earning.behaviour_points.get(kind, 0)
 
 
+def before_enrolment(occurred_at: datetime, enrolled_at: datetime) -> bool:
+    """An activity dated before the member enrolled (beyond the till's clock skew) earns nothing: each month's
+    cap would otherwise be a fresh allowance for every month back-dated into (docs/decisions/0024)."""
+    return occurred_at < enrolled_at - ENROLMENT_CLOCK_SKEW
+
+
 def capped_award(points: int, awarded_this_month: int, monthly_cap: int) -> tuple[int, int]:
     """(awarded, capped): what fits under the monthly behaviour cap is awarded, the rest is capped."""
     room = max(0, monthly_cap - awarded_this_month)

@@ -143,7 +143,9 @@ async def _record_not_awarded(
 
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
-    await store_of(uow).add_member(member_id=d.member_id, chain_id=event.chainid, enrolled_at=d.enrolled_at)
+    known = await store_of(uow).add_member(member_id=d.member_id, chain_id=event.chainid, enrolled_at=d.enrolled_at)
+    if known != event.chainid:  # an enrolment naming another chain's member: refused (dead-lettered)
+        raise UnknownMember(f"{event.type} {event.id} names member {d.member_id}, unknown in chain {event.chainid}")
 
 
 async def on_purchase_recorded(event: CloudEvent[PurchaseRecorded], uow: Unit) -> None:
@@ -218,9 +220,13 @@ async def on_activity_recorded(event: CloudEvent[ActivityRecorded], uow: Unit) -
             source_event_id=event.id,
         )
         return
+    # the cap of the (local) month the activity happened in, whenever it arrives; none before enrolment
     month = domain.local_month(d.occurred_at, wallet.tz)
-    so_far = await store.behaviour_awarded(member_id=member.member_id, month=month)
-    awarded, capped = domain.capped_award(points, so_far, policy.earning.behaviour_monthly_cap)
+    if domain.before_enrolment(d.occurred_at, member.enrolled_at):
+        awarded, capped = 0, points
+    else:
+        so_far = await store.behaviour_awarded(member_id=member.member_id, month=month)
+        awarded, capped = domain.capped_award(points, so_far, policy.earning.behaviour_monthly_cap)
     if awarded:
         await store.add_behaviour_award(member_id=member.member_id, month=month, points=awarded)
         wallet.credit(domain.new_lot(str(uuid.uuid4()), awarded, d.occurred_at, policy, wallet.tz))

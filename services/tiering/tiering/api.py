@@ -7,11 +7,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
-from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.api import (
+    CtxDep,
+    IdempotencyKey,
+    OpsKey,
+    PosOrApp,
+    current_correlation_id,
+    idempotent_command,
+    job_as_of,
+)
 from shared.audit import record_audit
 from shared.db import UnitOfWork
+from shared.schemas import Instant
 from shared.service import JobRun
 from shared.snapshots import snapshot_router
 
@@ -39,7 +47,7 @@ async def member_tier_history(member_id: str, ctx: CtxDep, principal: PosOrApp) 
 
 @router.get("/members/{member_id}/tier/explain", response_model=schemas.TierExplanation)
 async def explain_member_tier(
-    member_id: str, ctx: CtxDep, principal: PosOrApp, as_of: Annotated[AwareDatetime | None, Query()] = None
+    member_id: str, ctx: CtxDep, principal: PosOrApp, as_of: Annotated[Instant | None, Query()] = None
 ) -> schemas.TierExplanation:
     """Why the member held their tier at ``as_of`` (default now): policy, thresholds, evidence, last change."""
     async with ctx.db.unit_of_work() as uow:
@@ -87,7 +95,7 @@ async def run_reviews(
     ctx: CtxDep, principal: OpsKey, body: schemas.ReviewRunRequest | None = None
 ) -> schemas.ReviewRun:
     """Run the chain's reviews due as of ``as_of`` (default now); they also run on a schedule."""
-    run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
+    run = JobRun(as_of=job_as_of(ctx, body.as_of if body else None), chain_ids=(principal.chain_id,))
     tally = await jobs.tier_reviews(ctx, run)
     result = schemas.ReviewRun(
         reviewed=tally.reviewed,
@@ -111,7 +119,7 @@ async def get_policy(ctx: CtxDep, principal: OpsKey) -> schemas.PolicyDocument:
 
 @router.get("/policy/versions/{version}", response_model=schemas.PolicyDocument)
 async def get_policy_version(
-    version: Annotated[int, Path(ge=1, le=2_147_483_647)], ctx: CtxDep, principal: OpsKey
+    version: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: CtxDep, principal: OpsKey
 ) -> schemas.PolicyDocument:
     """One stored version of the chain's policy."""
     async with ctx.db.unit_of_work() as uow:

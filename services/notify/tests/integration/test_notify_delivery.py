@@ -122,7 +122,7 @@ def test_a_new_member_is_welcomed_on_the_signed_webhook_and_by_sms(
     assert request["json"]["title"] == "欢迎加入会员计划" and request["json"]["locale"] == "zh-CN"
 
     [sms] = [s for s in sink_lines(stack, "sms.jsonl") if s["notification_id"] == sent["sms"]["notification_id"]]
-    assert sms["to"] == phone and "欢迎" in sms["text"]
+    assert sms["to"] == "+86" + phone and "欢迎" in sms["text"]
 
 
 def test_a_tier_upgrade_goes_out_once_per_consented_channel_even_when_the_event_repeats(
@@ -177,7 +177,7 @@ def test_an_event_that_overtakes_the_enrolment_waits_for_it_and_then_reaches_eve
     up = {n["channel"]: n for n in delivered(api, member_id, "tier_up", {"webhook", "sms"})}
     assert "银卡会员" in up["webhook"]["title"]
     [sms] = [s for s in sink_lines(stack, "sms.jsonl") if s["notification_id"] == up["sms"]["notification_id"]]
-    assert sms["to"] == phone
+    assert sms["to"] == phone  # as the event carried it
     stack.wait_settled()  # the parked event is handled once: exactly one tier_up per channel
     assert len(notifications(api, member_id, "tier_up")) == 2
 
@@ -225,7 +225,7 @@ def test_a_member_without_sms_consent_gets_no_sms(api: Api, stack: Stack) -> Non
     delivered(api, member_id, "welcome", {"webhook"})
     publish(stack, member_id, tier_changed("silver"))
     delivered(api, member_id, "tier_up", {"webhook"})
-    assert not [s for s in sink_lines(stack, "sms.jsonl") if s["to"] == phone]
+    assert not [s for s in sink_lines(stack, "sms.jsonl") if s["to"] == "+86" + phone]
 
 
 def test_a_no_change_tier_event_notifies_nobody_and_a_downgrade_does(api: Api, stack: Stack) -> None:

@@ -176,7 +176,7 @@ def test_a_voucher_waits_out_quiet_hours_while_a_tier_upgrade_goes_out_at_once(
     assert hook["json"]["data"]["value_fen"] == 50_000 and hook["json"]["data"]["marketing"] is True
     assert "500元生日礼券" in hook["json"]["body"] and "有效期至2031-06-30" in hook["json"]["body"]
     [sms] = sms_of(stack, {n["notification_id"] for n in sent if n["channel"] == "sms"})
-    assert sms["to"] == phone and "500元生日礼券" in sms["text"]
+    assert sms["to"] == "+86" + phone and "500元生日礼券" in sms["text"]
 
 
 def test_a_member_without_marketing_consent_never_gets_a_voucher_message(
@@ -195,7 +195,7 @@ def test_a_member_without_marketing_consent_never_gets_a_voucher_message(
     with_status(api, member_id, "benefit_granted", {"webhook", "sms"}, "sent")
     assert not notifications(api, member_id, "voucher_granted")
     assert not hooks_of(webhook, member_id, "voucher_granted")
-    assert not [s for s in sink_lines(stack, "sms.jsonl") if s["to"] == phone and "礼券" in s["text"]]
+    assert not [s for s in sink_lines(stack, "sms.jsonl") if s["to"] == "+86" + phone and "礼券" in s["text"]]
 
 
 def test_a_held_voucher_is_never_sent_once_the_member_withdraws_marketing_consent(

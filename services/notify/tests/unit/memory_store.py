@@ -77,6 +77,10 @@ class InMemoryStore(NotifyStore):
         prefs = self.preferences.get(member_id)  # joined by member only, as the SQL does
         return domain.Recipient(held[1], prefs[1] if prefs else domain.Preferences())
 
+    async def chain_of(self, *, member_id: str) -> str | None:
+        held = self.contacts.get(member_id)
+        return held[0] if held else None
+
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         self.contacts.setdefault(member_id, (chain_id, contact))
 
@@ -94,6 +98,7 @@ class InMemoryStore(NotifyStore):
         email: str | None,
         consents: domain.Consents | None,
         at: datetime,
+        email_removed: bool = False,
     ) -> None:
         held = self.contacts.get(member_id)
         if held is None or held[0] != chain_id:
@@ -101,7 +106,7 @@ class InMemoryStore(NotifyStore):
         contact = held[1]
         if name is not None:
             contact = replace(contact, name=name)
-        if email is not None:
+        if email is not None or email_removed:
             contact = replace(contact, email=email)
         if consents is not None:
             contact = replace(contact, consents=consents)

@@ -276,7 +276,18 @@ def test_a_negative_balance_blocks_redemption(api: Api) -> None:
 
 
 def test_behaviour_points_are_capped_per_calendar_month_in_shanghai(api: Api) -> None:
-    member_id = api.enrol()["member_id"]
+    # a member since 2024 (imported with that enrolment): activities before the enrolment earn nothing (0024)
+    member = {
+        "phone": "139" + str(uuid.uuid4().int)[:8],
+        "name": "老会员",
+        "birthday": "1990-06-15",
+        "home_clinic_id": "clinic-1",
+        "source": "walk_in",
+        "enrolled_at": "2024-12-01T00:00:00+08:00",
+    }
+    r = api.post("enrollment", "/v1/members/batch", {"items": [member]}, key=OPS)
+    assert r.status_code == 200 and r.json()["items"][0]["status"] == "created", r.text
+    member_id = r.json()["items"][0]["id"]
     january = datetime(2025, 1, 15, 2, tzinfo=UTC)
     february_in_shanghai = datetime(2025, 1, 31, 16, 30, tzinfo=UTC)  # 2025-02-01 00:30 +08:00
     times = [january + timedelta(hours=i) for i in range(11)] + [february_in_shanghai]

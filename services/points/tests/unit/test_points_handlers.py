@@ -207,6 +207,15 @@ async def test_a_purchase_naming_another_chains_member_is_a_bad_event_alone_or_i
     assert store.entries == [] and store.balance("m-1") == 0
 
 
+async def test_an_enrolment_naming_another_chains_member_is_a_bad_event_and_changes_nothing() -> None:
+    store = await store_with(("m-1", LONG_AGO))
+    before = store.members["m-1"]
+    forged = event(enrolled("m-1", NOW), chain_id="other-chain")
+    with pytest.raises(UnknownMember) as refused:
+        await handle(on_member_enrolled, forged, unit_over(store))
+    assert store.members["m-1"] == before and "chain-1" not in str(refused.value)
+
+
 async def test_a_purchase_keyed_in_after_its_points_would_have_expired_earns_only_a_zero_entry_saying_why() -> None:
     store = await store_with(("m-1", LONG_AGO))
     bought_at = datetime(2023, 4, 15, 4, tzinfo=UTC)  # its points expired on 2025-04-30
@@ -315,6 +324,56 @@ async def test_a_policy_change_applies_to_the_next_purchase_and_never_rewrites_r
     assert store.policies[CHAIN].version == 2
     assert [c.delta for c in uow.published(PointsChanged)] == [300]
     assert [e.delta for e in store.entries_of("m-1")] == [100, 300]
+
+
+# ---- back-dated purchases and activities (issue 8: they must not get around the window or the cap) ----
+
+
+async def test_a_back_dated_purchase_is_pending_until_its_own_date_plus_the_return_window() -> None:
+    store = await store_with(("m-1", LONG_AGO))
+    bought_at = NOW - timedelta(days=5)  # keyed in five days late
+    uow = await handle(on_purchase_recorded, event(purchase("m-1", 10_000, bought_at)), unit_over(store))
+    [changed] = uow.published(PointsChanged)
+    assert changed.pending_until == [PendingPoints(points=100, available_at=bought_at + timedelta(days=7))]
+    assert (changed.available, changed.pending) == (0, 100)
+    old = await handle(
+        on_purchase_recorded, event(purchase("m-1", 20_000, NOW - timedelta(days=8), "p-2")), unit_over(store)
+    )
+    [changed] = old.published(PointsChanged)
+    assert (changed.available, changed.pending) == (200, 100)  # its window is over: available at once
+
+
+async def test_a_back_dated_activity_counts_against_the_month_it_happened_in() -> None:
+    store = await store_with(("m-1", LONG_AGO))
+    may = datetime(2025, 5, 10, 4, tzinfo=UTC)
+    for i in range(10):  # May's 2,000 behaviour points, in May
+        await handle(on_activity_recorded, event(activity("m-1", "lecture", may, f"may-{i}")), unit_over(store, may))
+    assert store.behaviour[("m-1", date(2025, 5, 1))] == 2_000
+    # in June, the POS keys in more May lectures (one batch, and one at a time): May's cap holds
+    late = [event(activity("m-1", "lecture", may + timedelta(days=i), f"late-{i}")) for i in range(3)]
+    batch = unit_over(store)
+    for e in late[:2]:
+        await handle(on_activity_recorded, e, batch)
+    await handle(on_activity_recorded, late[2], unit_over(store))
+    assert store.behaviour[("m-1", date(2025, 5, 1))] == 2_000
+    assert ("m-1", date(2025, 6, 1)) not in store.behaviour
+    assert [(e.delta, e.capped) for e in store.entries_of("m-1")][-3:] == [(0, 200)] * 3
+    assert store.members["m-1"].balance == 2_000
+
+
+async def test_activities_back_dated_before_the_enrolment_earn_nothing_so_past_months_cannot_be_farmed() -> None:
+    enrolled_at = datetime(2025, 5, 20, tzinfo=UTC)
+    store = await store_with(("m-1", enrolled_at))
+    # a POS keys in lectures "attended" in each of the 12 months before the member enrolled
+    for months_back in range(1, 13):
+        at = enrolled_at - timedelta(days=30 * months_back)
+        for i in range(10):
+            await handle(
+                on_activity_recorded, event(activity("m-1", "lecture", at, f"a-{months_back}-{i}")), unit_over(store)
+            )
+    assert store.members["m-1"].balance == 0
+    assert store.behaviour == {}
+    assert {(e.delta, e.capped) for e in store.entries_of("m-1")} == {(0, 200)}
 
 
 # ---- a rebuild's snapshot of the points ----------------------------------------------------------
