@@ -107,6 +107,11 @@ class BenefitsStore(abc.ABC):
         """Whether the member is known (enrolled, or moved to a tier)."""
 
     @abc.abstractmethod
+    async def forget_birthday(self, *, member_id: str) -> None:
+        """The member was erased: their birthday goes (no birthday voucher any more); entitlements and
+        redemptions stay under the pseudonymous member_id."""
+
+    @abc.abstractmethod
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         """Keep a tier change (once per member and effective time)."""
 
@@ -203,6 +208,9 @@ class SqlStore(BenefitsStore):
     async def is_member(self, *, member_id: str) -> bool:
         known = await self.uow.session.scalar(select(members.c.member_id).where(members.c.member_id == member_id))
         return known is not None
+
+    async def forget_birthday(self, *, member_id: str) -> None:
+        await self.uow.execute(update(members).where(members.c.member_id == member_id).values(birthday=None))
 
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         await self.uow.execute(

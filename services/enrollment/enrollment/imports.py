@@ -95,6 +95,7 @@ async def import_members(uow: UnitOfWork, *, chain_id: str, items: list[dict[str
             req=schemas.EnrolRequest.model_validate(item.model_dump(exclude={"member_id", "enrolled_at"})),
             member_id=item.member_id,
             enrolled_at=item.enrolled_at,
+            consent_source="clinic",  # a chain's own records (an item may say otherwise)
         )
         return "created", enrolled.member_id
 

@@ -25,6 +25,8 @@ def normalize_phone(raw: str) -> str:
 
 
 Id = Field(min_length=1, max_length=100)
+ConsentSource = Literal["clinic", "app"]
+PolicyVersion = Field("1", min_length=1, max_length=40, pattern=r"^[\w.\-]+$")
 
 
 class EnrolRequest(Strict):
@@ -36,6 +38,12 @@ class EnrolRequest(Strict):
     referral_code: str | None = Field(None, max_length=40)
     consents: Consents = Consents()
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    #: a member under 14 may only be enrolled with a guardian's consent (SPEC §8)
+    guardian_consent: bool = False
+    #: where the consents were given; default: "clinic" for a POS or clinic-bound key, else "app"
+    consent_source: ConsentSource | None = None
+    #: the version of the privacy policy the member was shown
+    privacy_policy_version: str = PolicyVersion
 
     _phone = field_validator("phone")(lambda cls, v: normalize_phone(v))
 
@@ -79,6 +87,28 @@ class MemberPatch(Strict):
     name: str | None = Field(None, min_length=1, max_length=100)
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     consents: Consents | None = None
+    consent_source: ConsentSource | None = None
+    privacy_policy_version: str = PolicyVersion
+
+
+class ConsentRecord(BaseModel):
+    purpose: Literal["marketing", "sms", "email", "sensitive_data", "guardian"]
+    granted: bool
+    at: datetime
+    source: str
+    policy_version: str
+
+
+class ConsentHistory(BaseModel):
+    member_id: str
+    consents: Consents
+    items: list[ConsentRecord]
+
+
+class ErasureAccepted(BaseModel):
+    member_id: str
+    status: Literal["erased"] = "erased"
+    erased_at: datetime
 
 
 class PurchaseItemIn(Strict):

@@ -89,6 +89,11 @@ class InMemoryStore(BenefitsStore):
     async def is_member(self, *, member_id: str) -> bool:
         return member_id in self.members
 
+    async def forget_birthday(self, *, member_id: str) -> None:
+        known = self.members.get(member_id)
+        if known is not None:
+            known.birthday = None
+
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         kept = self.changes.setdefault(member_id, [])
         if all(c.effective_at != change.effective_at for c in kept):

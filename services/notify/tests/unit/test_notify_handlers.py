@@ -23,6 +23,7 @@ from shared.events import (
     BenefitGranted,
     Consents,
     MemberEnrolled,
+    MemberErased,
     MemberUpdated,
     PointsExpiringSoon,
     ReferralCompleted,
@@ -98,6 +99,7 @@ def test_the_handler_table_takes_every_event_notify_reacts_to() -> None:
     assert set(HANDLERS) == {
         MemberEnrolled,
         MemberUpdated,
+        MemberErased,
         TierChanged,
         BenefitGranted,
         PointsExpiringSoon,

@@ -16,6 +16,7 @@ from services.tiering.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
+    MemberErased,
     PointsChanged,
     PurchaseItem,
     PurchaseRecorded,
@@ -29,6 +30,7 @@ from tiering import domain
 from tiering.handlers import (
     HANDLERS,
     on_member_enrolled,
+    on_member_erased,
     on_points_changed,
     on_purchase_recorded,
     on_purchase_refunded,
@@ -439,5 +441,14 @@ def test_the_consumer_table_sends_each_event_type_to_its_handler() -> None:
         PurchaseRecorded: on_purchase_recorded,
         PurchaseRefunded: on_purchase_refunded,
         PointsChanged: on_points_changed,
+        MemberErased: on_member_erased,
     }
     assert expected == HANDLERS
+
+
+async def test_an_erased_members_override_reason_is_forgotten_and_their_tier_kept() -> None:
+    uow = fresh(known("m-1", tier="gold", override_tier="gold", override_reason="VIP complaint of 李女士"))
+    await handle(on_member_erased, event(MemberErased(member_id="m-1", erased_at=NOW), chain_id=CHAIN), uow)
+    member = store_of(uow).member("m-1")
+    assert member.override_reason == "(erased)" and member.tier == "gold" and member.override_tier == "gold"
+    assert not uow.events
