@@ -31,6 +31,7 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from .api import CtxDep, OpsKey
 from .crypto import KEK_VERSION, Keyring, new_data_key
 from .db import UnitOfWork
 from .platform import member_keys
@@ -150,8 +151,6 @@ MemberIdPath = Annotated[str, Path(min_length=1, max_length=100)]
 
 def export_router(service: str, source: ExportSource) -> APIRouter:
     """``GET /v1/members/{member_id}/export`` (ops): all the service holds on the member."""
-    from .api import CtxDep, OpsKey
-
     router = APIRouter(prefix="/v1", tags=["personal data"])
 
     @router.get("/members/{member_id}/export", response_model=MemberExport)

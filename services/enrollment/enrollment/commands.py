@@ -169,23 +169,25 @@ async def update_member(
     changed name or email goes on the wire sealed with the member's data key."""
     before = await get_member(uow, chain_id=chain_id, member_id=member_id, lock=True)
     values: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"consent_source", "privacy_policy_version"})
-    if patch.consents is not None:  # every consent, not only those the client sent
-        values["consents"] = patch.consents.model_dump()
+    was = Consents(**before.consents)
+    # consents not sent keep their answer: a withdrawal is always explicit (it goes into the history)
+    consents = was.model_copy(update=patch.consents.model_dump(exclude_unset=True)) if patch.consents else None
+    if consents is not None:
+        values["consents"] = consents.model_dump()
     if not values:
         raise InvalidRequest("Nothing to change: send name, email or consents.")
     now = uow.now()
     await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
-    if patch.consents is not None:
-        was = Consents(**before.consents)
+    if consents is not None:
         await _record_consents(
             uow,
             chain_id=chain_id,
             member_id=member_id,
-            changes=domain.consent_changes(was.model_dump(), patch.consents.model_dump()),
+            changes=domain.consent_changes(was.model_dump(), consents.model_dump()),
             source=patch.consent_source or consent_source,
             policy_version=patch.privacy_policy_version,
         )
-        if was.sensitive_data and not patch.consents.sensitive_data:
+        if was.sensitive_data and not consents.sensitive_data:
             await _strip_treatment_details(uow, member_id=member_id)
     sealed = None
     if patch.name is not None or patch.email is not None:
@@ -193,7 +195,7 @@ async def update_member(
         if data_key is not None:
             sealed = seal_contact(data_key, ContactDetails(name=patch.name, email=patch.email), member_id=member_id)
     uow.publish(
-        MemberUpdated(member_id=member_id, consents=patch.consents, updated_at=now, contact=sealed),
+        MemberUpdated(member_id=member_id, consents=consents, updated_at=now, contact=sealed),
         member_id=member_id,
         chain_id=chain_id,
         time=now,

@@ -6,7 +6,7 @@ import re
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, field_validator, model_validator
 
 from shared.events import Consents
 from shared.schemas import Strict
@@ -38,8 +38,9 @@ class EnrolRequest(Strict):
     referral_code: str | None = Field(None, max_length=40)
     consents: Consents = Consents()
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    #: a member under 14 may only be enrolled with a guardian's consent (SPEC §8)
-    guardian_consent: bool = False
+    #: a member under 14 may only be enrolled with a guardian's consent (SPEC §8): JSON true, nothing
+    #: that merely looks like it ("yes", 1)
+    guardian_consent: StrictBool = False
     #: where the consents were given; default: "clinic" for a POS or clinic-bound key, else "app"
     consent_source: ConsentSource | None = None
     #: the version of the privacy policy the member was shown
