@@ -55,6 +55,7 @@ def main() -> None:
         print(f"  logs        {stack.log_dir}/   notification sink: {data_dir / 'sink'}/")
         print(f"\n  demo chain  {s.demo_chain_id}")
         print(f"  pos key     {s.demo_pos_key}\n  app key     {s.demo_app_key}\n  ops key     {s.demo_ops_key}")
+        print(f"  platform key {s.demo_platform_key}   (onboards more chains: membershipctl chains create ...)")
         print("\nCtrl-C stops everything.", flush=True)
         while not stopping:
             for name, proc in stack.procs.items():

@@ -106,6 +106,12 @@ def show(doc: Any, columns: Iterable[str] | None = None, title: str | None = Non
         return
     rows = doc if isinstance(doc, list) else [doc]
     cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    if isinstance(doc, dict) and len(cols) > 5:  # one record of many fields reads best as a column
+        table = Table("field", "value", title=title, show_header=False)
+        for c in cols:
+            table.add_row(c, _cell(doc.get(c)))
+        out.print(table)
+        return
     table = Table(*cols, title=title, show_lines=False)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in cols))

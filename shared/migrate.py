@@ -97,6 +97,7 @@ async def seed_demo(settings: Settings) -> None:
             ("pos", settings.demo_pos_key),
             ("app", settings.demo_app_key),
             ("ops", settings.demo_ops_key),
+            ("platform", settings.demo_platform_key),
         ):
             await add_api_key(engine, settings.demo_chain_id, [scope], name=f"demo-{scope}", key=key)
     finally:

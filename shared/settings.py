@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     demo_pos_key: str = "dev-pos-key-0000000000000000"
     demo_app_key: str = "dev-app-key-0000000000000000"
     demo_ops_key: str = "dev-ops-key-0000000000000000"
+    #: onboards further chains in the embedded default (a development convenience, like the others)
+    demo_platform_key: str = "dev-platform-key-0000000000000000"
     demo_webhook_url: str | None = None
     demo_webhook_secret: str = "dev-webhook-secret"
 

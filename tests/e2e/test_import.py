@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_membershipctl import _environ, ctl, ctl_json
-from tests.helpers import APP, OPS, Api, eventually
+from tests.helpers import APP, OPS, POS, Api, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -128,3 +128,46 @@ def test_an_import_killed_half_way_resumes_and_applies_every_row_exactly_once(
 
     trail = ctl_json(stack, "audit", "--action", "import.purchases", "--service", "enrollment")
     assert trail and all(e["actor_name"] == "demo-ops" for e in trail)
+
+
+def test_a_purchase_batch_judges_each_row_as_the_single_call_would(api: Api) -> None:
+    mid = api.enrol()["member_id"]
+    tag = uuid.uuid4().hex[:6]
+    ok = _purchase(mid, 1, 10_000, days_ago=3, tag=tag)
+    earlier = _purchase(mid, 2, 20_000, days_ago=2, tag=tag)
+    recorded = api.post("enrollment", "/v1/purchases", earlier, key=POS)
+    assert recorded.status_code == 202
+    items = [
+        ok,
+        dict(ok),  # the same row twice in one batch: recorded once
+        {**ok, "amount_fen": 5_000, "items": [{**ok["items"][0], "amount_fen": 5_000}]},  # same txn, other body
+        earlier,  # already recorded by the single call
+        _purchase(str(uuid.uuid4()), 3, 10_000, days_ago=1, tag=tag),  # unknown member
+        {**_purchase(mid, 4, 10_000, days_ago=1, tag=tag), "occurred_at": "2999-01-01T00:00:00+00:00"},
+        {**_purchase(mid, 5, 10_000, days_ago=1, tag=tag), "currency": "USD"},
+    ]
+    r = api.post("enrollment", "/v1/purchases/batch", {"items": items}, key=OPS)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    statuses = [(i["index"], i["status"]) for i in doc["items"]]
+    assert statuses == [
+        (0, "created"),
+        (1, "exists"),
+        (2, "rejected"),
+        (3, "exists"),
+        (4, "rejected"),
+        (5, "rejected"),
+        (6, "rejected"),
+    ]
+    assert doc["items"][1]["id"] == doc["items"][0]["id"]
+    assert doc["items"][3]["id"] == recorded.json()["purchase_id"]
+    assert doc["items"][2]["problem"]["status"] == 409
+    assert doc["items"][4]["problem"]["errors"][0]["location"] == ["body", "member_id"]
+    assert doc["items"][6]["problem"]["errors"][0]["location"][-1] == "currency"
+    assert (doc["created"], doc["exists"], doc["rejected"]) == (1, 2, 4)
+    # only the created one reaches points, once
+    eventually(lambda: len(api.get("points", f"/v1/members/{mid}/points/ledger", key=APP).json()["items"]) == 2)
+    refused = api.post("enrollment", "/v1/purchases/batch", {"items": items}, key=POS)
+    assert refused.status_code == 403
+    too_many = api.post("enrollment", "/v1/purchases/batch", {"items": [ok] * 1001}, key=OPS)
+    assert too_many.status_code == 422

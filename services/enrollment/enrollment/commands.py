@@ -314,18 +314,12 @@ async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) ->
         )
 
 
-async def record_purchase(
-    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
-) -> tuple[bool, schemas.PurchaseAccepted]:
-    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
-
-    The common case is one statement: insert the purchase if its member is in the chain and the
-    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
-    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
-    digest = request_hash(req.model_dump(mode="json"))
-    _reject_future(uow, req.occurred_at, "occurred_at")
-    purchase_id = str(uuid.uuid4())
-    row = {
+def purchase_row(
+    chain_id: str, req: schemas.PurchaseRequest, purchase_id: str, *, sensitive_consent: bool
+) -> dict[str, Any]:
+    """The purchases row of a request (its hash tells a retry from a different body under one key); the
+    items keep what was bought only with the member's ``sensitive_data`` consent."""
+    return {
         "purchase_id": purchase_id,
         "chain_id": chain_id,
         "clinic_id": req.clinic_id,
@@ -334,10 +328,38 @@ async def record_purchase(
         "amount_fen": req.amount_fen,
         "currency": req.currency,
         "occurred_at": req.occurred_at,
-        "request_hash": digest,
+        "items": domain.treatment_details([i.model_dump() for i in req.items], sensitive_consent=sensitive_consent),
+        "request_hash": request_hash(req.model_dump(mode="json")),
     }
-    # what was bought is kept only with the member's sensitive_data consent (domain.treatment_details)
-    items = [i.model_dump() for i in req.items]
+
+
+def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> PurchaseRecorded:
+    """The event of a recorded purchase. The items stay in enrollment: no consumer uses them, and what
+    was bought is sensitive personal information (SPEC §8)."""
+    return PurchaseRecorded(
+        purchase_id=purchase_id,
+        pos_txn_id=req.pos_txn_id,
+        clinic_id=req.clinic_id,
+        member_id=req.member_id,
+        amount_fen=req.amount_fen,
+        occurred_at=req.occurred_at,
+    )
+
+
+async def record_purchase(
+    uow: UnitOfWork, *, chain_id: str, req: schemas.PurchaseRequest
+) -> tuple[bool, schemas.PurchaseAccepted]:
+    """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
+
+    The common case is one statement: insert the purchase if its member is in the chain (and not
+    erased) and the (clinic, pos_txn_id) is new, keeping what was bought only with the member's
+    ``sensitive_data`` consent. Only when nothing was inserted does a second read tell a retry (same
+    body: the recorded purchase; another body: 409) from an unknown member (422)."""
+    _reject_future(uow, req.occurred_at, "occurred_at")
+    purchase_id = str(uuid.uuid4())
+    row = purchase_row(chain_id, req, purchase_id, sensitive_consent=True)
+    digest = row["request_hash"]
+    items = row.pop("items")
     kept_items = case(
         (members.c.consents["sensitive_data"].as_boolean(), literal(items, purchases.c["items"].type)),
         else_=literal(domain.treatment_details(items, sensitive_consent=False), purchases.c["items"].type),
@@ -358,19 +380,7 @@ async def record_purchase(
         )
     ).first()
     if inserted is not None:
-        # the items stay here: no consumer uses them, and they are sensitive (SPEC §8)
-        uow.publish(
-            PurchaseRecorded(
-                purchase_id=purchase_id,
-                pos_txn_id=req.pos_txn_id,
-                clinic_id=req.clinic_id,
-                member_id=req.member_id,
-                amount_fen=req.amount_fen,
-                occurred_at=req.occurred_at,
-            ),
-            member_id=req.member_id,
-            chain_id=chain_id,
-        )
+        uow.publish(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
     prior = (
         await uow.execute(

@@ -9,17 +9,19 @@ history had been lived, and notify tells nobody about it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
-from shared.problems import Conflict, Problem
+from shared.problems import Conflict, InvalidRequest, Problem
 
-from . import commands, schemas
-from .tables import members
+from . import commands, domain, schemas
+from .tables import members, purchases
 
 M = TypeVar("M", bound=BaseModel)
 Outcome = Literal["created", "exists"]
@@ -103,10 +105,103 @@ async def import_members(uow: UnitOfWork, *, chain_id: str, items: list[dict[str
 
 
 async def import_purchases(uow: UnitOfWork, *, chain_id: str, items: list[dict[str, Any]]) -> schemas.BatchResult:
-    """Record each purchase once per (clinic, pos_txn_id), as ``POST /v1/purchases`` does."""
+    """Record each purchase once per (clinic, pos_txn_id), with ``POST /v1/purchases``'s rules, set-based:
+    one read of the batch's members, one multi-row insert, one read of the keys already taken; the
+    events reach the outbox in the unit of work's one insert. (Purchases are most of a history.)"""
+    uow.imported = True
+    results: dict[int, schemas.BatchItemResult] = {}
+    valid: dict[int, schemas.PurchaseRequest] = {}
+    for index, raw in enumerate(items):
+        try:
+            item = schemas.PurchaseRequest.model_validate(raw)
+        except ValidationError as exc:
+            results[index] = schemas.BatchItemResult(index=index, status="rejected", problem=_invalid(exc))
+            continue
+        if domain.in_the_future(item.occurred_at, uow.now()):
+            results[index] = _rejected(index, InvalidRequest("occurred_at is in the future."))
+            continue
+        valid[index] = item
+    # the batch's members in the chain (not erased), and whether each consents to keeping treatment details
+    known: dict[str, bool] = {
+        r.member_id: bool(r.sensitive)
+        for r in await uow.execute(
+            select(members.c.member_id, members.c.consents["sensitive_data"].as_boolean().label("sensitive")).where(
+                members.c.chain_id == chain_id,
+                members.c.member_id.in_({i.member_id for i in valid.values()}),
+                members.c.erased_at.is_(None),
+            )
+        )
+    }
+    rows: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # the first of the batch per (clinic, txn)
+    repeats: list[tuple[int, dict[str, Any]]] = []
+    for index, item in valid.items():
+        if item.member_id not in known:
+            results[index] = _rejected(index, UNKNOWN_MEMBER)
+            continue
+        row = commands.purchase_row(chain_id, item, str(uuid.uuid4()), sensitive_consent=known[item.member_id])
+        key = (item.clinic_id, item.pos_txn_id)
+        if key in rows:
+            repeats.append((index, row))
+        else:
+            rows[key] = (index, row)
+    inserted: set[str] = set()
+    if rows:
+        inserted = set(
+            (
+                await uow.execute(
+                    pg_insert(purchases)
+                    .values([row for _, row in rows.values()])
+                    .on_conflict_do_nothing()
+                    .returning(purchases.c.purchase_id)
+                )
+            ).scalars()
+        )
+    taken = [key for key, (_, row) in rows.items() if row["purchase_id"] not in inserted]
+    prior: dict[tuple[str, str], tuple[str, str]] = {}
+    if taken or repeats:
+        wanted = taken + [(r["clinic_id"], r["pos_txn_id"]) for _, r in repeats]
+        found = await uow.execute(
+            select(purchases.c.clinic_id, purchases.c.pos_txn_id, purchases.c.purchase_id, purchases.c.request_hash)
+            .where(purchases.c.chain_id == chain_id)
+            .where(tuple_(purchases.c.clinic_id, purchases.c.pos_txn_id).in_(wanted))
+        )
+        prior = {(r.clinic_id, r.pos_txn_id): (r.purchase_id, r.request_hash) for r in found}
+    for key, (index, row) in rows.items():
+        if row["purchase_id"] in inserted:
+            uow.publish(
+                commands.purchase_recorded(valid[index], row["purchase_id"]),
+                member_id=row["member_id"],
+                chain_id=chain_id,
+            )
+            results[index] = schemas.BatchItemResult(index=index, status="created", id=row["purchase_id"])
+        else:
+            results[index] = _repeat(index, row, prior.get(key))
+    for index, row in repeats:
+        results[index] = _repeat(index, row, prior.get((row["clinic_id"], row["pos_txn_id"])))
+    ordered = [results[i] for i in range(len(items))]
+    return schemas.BatchResult(
+        items=ordered,
+        created=sum(r.status == "created" for r in ordered),
+        exists=sum(r.status == "exists" for r in ordered),
+        rejected=sum(r.status == "rejected" for r in ordered),
+    )
 
-    async def apply(item: schemas.PurchaseRequest) -> tuple[Outcome, str]:
-        created, accepted = await commands.record_purchase(uow, chain_id=chain_id, req=item)
-        return ("created" if created else "exists"), accepted.purchase_id
 
-    return await _each(uow, items, schemas.PurchaseRequest, apply)
+UNKNOWN_MEMBER = InvalidRequest(
+    "Unknown member_id.",
+    errors=[{"location": ["body", "member_id"], "message": "no such member in this chain", "type": "value_error"}],
+)
+
+
+def _rejected(index: int, problem: Problem) -> schemas.BatchItemResult:
+    return schemas.BatchItemResult(index=index, status="rejected", problem=problem.document())
+
+
+def _repeat(index: int, row: dict[str, Any], prior: tuple[str, str] | None) -> schemas.BatchItemResult:
+    """A (clinic, pos_txn_id) already recorded: the same body is a repeat, another is a conflict."""
+    if prior is None:  # taken by a transaction that has not committed yet: retry the batch
+        return _rejected(index, Conflict("This pos_txn_id is being recorded by another request; retry."))
+    purchase_id, digest = prior
+    if digest != row["request_hash"]:
+        return _rejected(index, Conflict("This pos_txn_id was already recorded at this clinic with a different body."))
+    return schemas.BatchItemResult(index=index, status="exists", id=purchase_id)

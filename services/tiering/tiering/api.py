@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
 from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.audit import record_audit
+from shared.db import UnitOfWork
 from shared.service import JobRun
 
 from . import commands, jobs, queries, schemas
@@ -52,6 +54,20 @@ async def override_member_tier(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Set the member's tier at once, held as a floor until ``until`` (default: their next review)."""
+
+    async def run(uow: UnitOfWork) -> schemas.MemberTier:
+        before = await queries.member_tier(uow, chain_id=principal.chain_id, member_id=member_id)
+        after = await commands.override_tier(uow, chain_id=principal.chain_id, member_id=member_id, req=body)
+        await record_audit(
+            uow,
+            principal,
+            action="tier.override",
+            target=f"member:{member_id}",
+            before={"tier": before.code},
+            after={"tier": after.code, "reason": body.reason, "until": body.until},
+        )
+        return after
+
     return await idempotent_command(
         ctx,
         principal,
@@ -59,7 +75,7 @@ async def override_member_tier(
         key=idempotency_key,
         body=body.model_dump(mode="json"),
         status=200,
-        run=lambda uow: commands.override_tier(uow, chain_id=principal.chain_id, member_id=member_id, req=body),
+        run=run,
     )
 
 
@@ -70,13 +86,17 @@ async def run_reviews(
     """Run the chain's reviews due as of ``as_of`` (default now); they also run on a schedule."""
     run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
     tally = await jobs.tier_reviews(ctx, run)
-    return schemas.ReviewRun(
+    result = schemas.ReviewRun(
         reviewed=tally.reviewed,
         moved_up=tally.moved_up,
         moved_down=tally.moved_down,
         unchanged=tally.unchanged,
         as_of=run.as_of,
     )
+    # reviews commit a batch at a time: the run's audit entry is written once it is done
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        await record_audit(uow, principal, action="reviews.run", target=f"chain:{principal.chain_id}", after=result)
+    return result
 
 
 @router.get("/policy", response_model=schemas.PolicyDocument)
@@ -98,7 +118,11 @@ async def put_policy(body: schemas.PolicyDocument, ctx: CtxDep, principal: OpsKe
     """Validate the policy and store it as the chain's next version (the body's version is ignored);
     publishes PolicyChanged. Nobody moves until a review or a recalculation."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        before = await queries.policy(uow, chain_id=principal.chain_id)
         stored = await commands.change_policy(uow, chain_id=principal.chain_id, policy=body)
+        await record_audit(
+            uow, principal, action="policy.update", target=f"policy:v{stored.version}", before=before, after=stored
+        )
     POLICIES.remember(principal.chain_id, stored)  # committed: this process reads it at once
     return stored
 
@@ -113,6 +137,14 @@ async def simulate_policy(body: schemas.SimulateRequest, ctx: CtxDep, principal:
 @router.post("/policy/recalculate", status_code=202, response_model=schemas.RecalculationStarted, tags=["operations"])
 async def recalculate(ctx: CtxDep, principal: OpsKey, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Start re-evaluating every member of the chain under the current policy version (a background job)."""
+
+    async def run(uow: UnitOfWork) -> schemas.RecalculationStarted:
+        started = await commands.start_recalculation(uow, chain_id=principal.chain_id)
+        await record_audit(
+            uow, principal, action="policy.recalculate", target=f"recalculation:{started.job_id}", after=started
+        )
+        return started
+
     return await idempotent_command(
         ctx,
         principal,
@@ -120,7 +152,7 @@ async def recalculate(ctx: CtxDep, principal: OpsKey, idempotency_key: Idempoten
         key=idempotency_key,
         body={},
         status=202,
-        run=lambda uow: commands.start_recalculation(uow, chain_id=principal.chain_id),
+        run=run,
     )
 
 
