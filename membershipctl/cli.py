@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -652,6 +653,80 @@ def import_purchases(file: ImportFile, batch_size: BatchSize = 500, restart: Res
     """Record a file of past purchases (as POST /v1/purchases; occurred_at may be years back). Points,
     tiers and benefits come out as if the history had been lived; no member is notified of it."""
     _import("purchases", file, batch_size, restart)
+
+
+# ---- rebuild ------------------------------------------------------------------------------------
+
+
+@rebuild_app.command("status-view")
+def rebuild_status_view(
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", help="Only these owners (points, tiering, benefits); default all three."),
+    ] = None,
+    page_size: Annotated[
+        int, typer.Option(min=1, max=1000, help="Members per snapshot request (one transaction each).")
+    ] = 500,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for enrollment to apply the snapshots.")
+    ] = 300.0,
+) -> None:
+    """Rebuild enrollment's member status view of the chain from points, tiering and benefits.
+
+    Each owner re-publishes every member's state as a snapshot event (in order with the member's
+    other events, while the platform keeps running); then the command waits until enrollment has
+    applied them. Safe to run again. Exits 3 when enrollment has not caught up within --timeout.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .rebuild import OWNERS, publish, wait_applied
+
+    owners = list(dict.fromkeys(service)) if service else list(OWNERS)
+    unknown = [s for s in owners if s not in OWNERS]
+    if unknown:
+        raise typer.BadParameter(f"not an owner of the status view: {', '.join(unknown)}; one of {', '.join(OWNERS)}")
+    columns = (
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, disable=state.json) as bar:
+        tasks = {s: bar.add_task(f"{s} snapshots", total=None, note="members") for s in owners}
+
+        def paged(s: str, published: int, total: int | None) -> None:
+            bar.update(tasks[s], completed=published, total=total)
+
+        result = run(lambda: publish(state.api(), owners, limit=page_size, on_page=paged))
+        for s in owners:  # a member enrolled meanwhile may make the count pass the first page's total
+            done = result.services[s].published
+            bar.update(tasks[s], completed=done, total=max(done, result.services[s].total or 0))
+        waiting = bar.add_task("enrollment applying", total=None, note="")
+        started = time.monotonic()
+        result.applied = run(
+            lambda: wait_applied(
+                state.api(), owners, timeout=timeout, on_wait=lambda what: bar.update(waiting, note=what)
+            )
+        )
+        result.wait_seconds = time.monotonic() - started
+        bar.update(waiting, total=1, completed=1 if result.applied else 0)
+    doc = result.document()
+    if state.json:
+        show(doc)
+    else:
+        rows = [{"service": s, **r} for s, r in doc["services"].items()]
+        show(rows, ("service", "published", "pages", "total"), title="status view rebuild")
+        verdict = "applied by enrollment" if result.applied else f"NOT yet applied by enrollment after {timeout:.0f} s"
+        out.print(
+            f"{doc['published']} snapshots published in {doc['publish_seconds']} s; {verdict}"
+            f" (waited {doc['wait_seconds']} s)",
+            highlight=False,
+            markup=False,
+        )
+    if not result.applied:
+        err.print("error: enrollment has not applied the snapshots in time; see `membershipctl status`", markup=False)
+        raise typer.Exit(UNAVAILABLE)
 
 
 def main() -> None:

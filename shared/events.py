@@ -216,6 +216,19 @@ class PendingPoints(BaseModel):
     available_at: datetime
 
 
+class PointsSnapshot(EventData):
+    """Added: the member's points as points holds them now, re-published by an operator's rebuild of
+    the status view (``POST /v1/ops/snapshots``). The points part of PointsChanged, without an entry:
+    a consumer's copy of the member's points is replaced by it."""
+
+    publisher: ClassVar[str] = "points"
+    balance: int
+    available: int
+    pending: int
+    expiring: list[ExpiringPoints]
+    pending_until: list[PendingPoints]
+
+
 class PointsExpiringSoon(EventData):
     publisher: ClassVar[str] = "points"
     points: int
@@ -253,6 +266,24 @@ class TierProgressChanged(EventData):
     policy_version: int
 
 
+class TierSnapshot(EventData):
+    """Added: the member's tier and progress as tiering holds them now, re-published by an operator's
+    rebuild of the status view (``POST /v1/ops/snapshots``): TierChanged's tier (code, name, since,
+    review date) and TierProgressChanged's counters in one event, which replaces a consumer's copy."""
+
+    publisher: ClassVar[str] = "tiering"
+    tier: str
+    tier_name: str | None = None
+    since: datetime
+    review_at: datetime | None = None
+    next_tier: str | None
+    spend_fen: int
+    spend_needed_fen: int
+    points: int
+    points_needed: int
+    policy_version: int
+
+
 class PolicyChanged(EventData):
     """Added: a chain's programme changed; ``policy`` is the whole new version (shared.policy.Policy).
     Its subject is ``chain:<chain_id>``, not a member."""
@@ -287,6 +318,25 @@ class BenefitRedeemed(_BenefitEvent):
 
 class BenefitRevoked(_BenefitEvent):
     pass
+
+
+class HeldBenefit(BaseModel):
+    """One entitlement of a :class:`BenefitsSnapshot`, as the status view keeps it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    benefit_id: str
+    code: str
+    remaining_uses: int | None = None
+    valid_until: datetime | None = None
+
+
+class BenefitsSnapshot(EventData):
+    """Added: every entitlement the member holds now (active, or used up but not yet ended), as
+    benefits holds them, re-published by an operator's rebuild of the status view
+    (``POST /v1/ops/snapshots``). It replaces a consumer's whole set of the member's benefits."""
+
+    publisher: ClassVar[str] = "benefits"
+    benefits: list[HeldBenefit]
 
 
 # ---- notify -------------------------------------------------------------------------------------

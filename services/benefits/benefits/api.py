@@ -10,11 +10,14 @@ from fastapi.responses import JSONResponse
 from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
 from shared.audit import record_audit
 from shared.service import JobRun
+from shared.snapshots import snapshot_router
 
 from . import commands, jobs, queries, schemas
 from .domain import Status
 
 router = APIRouter(prefix="/v1", tags=["benefits"])
+#: POST /v1/ops/snapshots: a page of members' BenefitsSnapshot, to rebuild the status view (ops)
+snapshots_router = snapshot_router(commands.publish_snapshots, event_type="BenefitsSnapshot")
 
 
 @router.get("/members/{member_id}/benefits", response_model=schemas.BenefitList)

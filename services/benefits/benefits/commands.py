@@ -1,19 +1,22 @@
-"""What the API changes: redeeming a benefit. Commands take the unit of work first and keyword-only
-data, raise ``shared.problems`` errors (never HTTP ones) and publish through ``uow.publish``."""
+"""What the API changes: redeeming a benefit; a rebuild's snapshots of the members' benefits. Commands
+take the unit of work first and keyword-only data, raise ``shared.problems`` errors (never HTTP ones)
+and publish through ``uow.publish``."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from shared.db import UnitOfWork
-from shared.events import BenefitRedeemed
+from shared.events import BenefitRedeemed, BenefitsSnapshot, HeldBenefit
 from shared.problems import Conflict, NotFound
+from shared.snapshots import SnapshotPage, chain_members, member_page
 
 from . import domain, schemas
-from .store import benefit_event, entitlement_of
-from .tables import entitlements, redemptions
+from .store import SqlStore, benefit_event, entitlement_of
+from .tables import entitlements, members, redemptions
 
 
 async def redeem(
@@ -81,3 +84,37 @@ async def redeem(
         clinic_id=clinic_id,
         redeemed_at=now,
     )
+
+
+# ---- a rebuild of the status view ---------------------------------------------------------------
+
+
+def benefits_snapshot(held: list[domain.Entitlement], now: datetime) -> BenefitsSnapshot:
+    """The member's entitlements the status view shows now (:func:`domain.in_status_view`), oldest first."""
+    return BenefitsSnapshot(
+        benefits=[
+            HeldBenefit(
+                benefit_id=e.benefit_id, code=e.code, remaining_uses=e.remaining_uses, valid_until=e.valid_until
+            )
+            for e in held
+            if domain.in_status_view(e, now)
+        ]
+    )
+
+
+async def publish_snapshots(uow: UnitOfWork, *, chain_id: str, after: str | None, limit: int) -> SnapshotPage:
+    """A BenefitsSnapshot of each of a page of the chain's members (ids after ``after``, in id order).
+
+    Benefits has no per-member lock that every writer takes (grants are inserts kept unique by
+    constraints), so the page holds the entitlements table in SHARE mode while it reads and publishes:
+    a grant, redemption or revocation in flight commits (its event ahead of the snapshot) before the
+    read, and one that starts meanwhile waits for the snapshot (its event after it). Writers wait for
+    one page, a few milliseconds; readers never do."""
+    await uow.execute(text(f"LOCK TABLE {entitlements.schema}.{entitlements.name} IN SHARE MODE"))
+    page = await member_page(uow, members, chain_id=chain_id, after=after, limit=limit)
+    total = await chain_members(uow, members, chain_id=chain_id) if after is None else None
+    now = uow.now()
+    held = await SqlStore(uow).entitlements_of(member_ids=page.member_ids)
+    for member_id in page.member_ids:
+        uow.publish(benefits_snapshot(held[member_id], now), member_id=member_id, chain_id=chain_id)
+    return SnapshotPage(published=len(page.member_ids), next_after=page.next_after, total=total)

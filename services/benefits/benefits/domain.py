@@ -88,6 +88,13 @@ def effective_status(e: Entitlement, now: datetime) -> Status:
     return e.status
 
 
+def in_status_view(e: Entitlement, now: datetime) -> bool:
+    """Whether the member status view shows the entitlement at ``now``: granted, not revoked or ended,
+    not past its validity. A used-up one stays (with no uses left) as its BenefitRedeemed left it;
+    what a rebuild's BenefitsSnapshot carries."""
+    return e.status in ("active", "used") and (e.valid_until is None or e.valid_until > now)
+
+
 def holds(e: Entitlement, as_of: datetime) -> bool:
     """Whether the member still has this benefit for the purpose of granting it again.
 

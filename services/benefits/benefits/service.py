@@ -3,7 +3,7 @@
 from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
-from .api import router
+from .api import router, snapshots_router
 from .handlers import HANDLERS
 from .jobs import expire_due_benefits, grant_birthday_vouchers
 from .tables import entitlements, large_purchases, members, redemptions, shared, tier_changes
@@ -23,7 +23,7 @@ EXPORT = ExportSource(
 SERVICE = ServiceDefinition(
     name="benefits",
     tables=shared,
-    routers=[router, export_router("benefits", EXPORT)],
+    routers=[router, snapshots_router, export_router("benefits", EXPORT)],
     handlers=HANDLERS,
     schedules=[
         Schedule(name="expire-benefits", run=expire_due_benefits),

@@ -264,6 +264,18 @@ class SqlStore(BenefitsStore):
         ).all()
         return [entitlement_of(r) for r in rows]
 
+    async def entitlements_of(self, *, member_ids: Sequence[str]) -> dict[str, list[domain.Entitlement]]:
+        """:meth:`entitlements` of many members in one query (a rebuild's page), each member's oldest first."""
+        held: dict[str, list[domain.Entitlement]] = {m: [] for m in member_ids}
+        if held:
+            for r in await self.uow.execute(
+                select(entitlements)
+                .where(entitlements.c.member_id.in_(list(held)))
+                .order_by(entitlements.c.member_id, entitlements.c.created_at, entitlements.c.code)
+            ):
+                held[r.member_id].append(entitlement_of(r))
+        return held
+
     async def end(
         self, *, targets: Sequence[domain.Entitlement], status: domain.Status, ends_at: datetime | None = None
     ) -> list[Held]:

@@ -11,7 +11,9 @@ build its documents here. Three rules:
   fits in what remains;
 * the status view is a projection: points, tier and progress are snapshots (the newest replaces
   the document), benefits are entries by ``benefit_id`` (granted or redeemed: the entry is replaced;
-  revoked: it is removed). Changes of different documents or different benefits commute.
+  revoked: it is removed). Changes of different documents or different benefits commute. A rebuild
+  (PointsSnapshot, TierSnapshot, BenefitsSnapshot) replaces a part wholesale: the points, the tier
+  and progress, or every benefit entry at once.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from shared.events import (
     BenefitGranted,
     BenefitRedeemed,
     BenefitRevoked,
+    BenefitsSnapshot,
     PointsChanged,
+    PointsSnapshot,
     TierChanged,
     TierProgressChanged,
+    TierSnapshot,
 )
 
 #: a POS or app clock a little ahead of ours is not "in the future"
@@ -200,7 +205,14 @@ class DropBenefit:
     benefit_id: str
 
 
-Change = SetSnapshot | KeepBenefit | DropBenefit
+@dataclass(frozen=True)
+class SetBenefits:
+    """Replace every benefit entry at once (a rebuild's BenefitsSnapshot): entries it lacks are gone."""
+
+    benefits: Mapping[str, Doc]
+
+
+Change = SetSnapshot | KeepBenefit | DropBenefit | SetBenefits
 
 
 @dataclass(frozen=True)
@@ -213,7 +225,8 @@ class StatusDocument:
     benefits: Mapping[str, Doc] = field(default_factory=dict)
 
 
-def points_changed(d: PointsChanged) -> SetSnapshot:
+def points_changed(d: PointsChanged | PointsSnapshot) -> SetSnapshot:
+    """A points change and a rebuild's snapshot of the points set the same document."""
     return SetSnapshot(
         "points",
         {
@@ -244,15 +257,52 @@ def progress_changed(d: TierProgressChanged) -> SetSnapshot:
     return SetSnapshot("progress", d.model_dump(mode="json"))
 
 
+def tier_snapshot(d: TierSnapshot) -> tuple[SetSnapshot, SetSnapshot]:
+    """A rebuild's snapshot of the tier sets the documents a TierChanged and a TierProgressChanged
+    about the same state set: the tier, then the progress."""
+    tier = SetSnapshot(
+        "tier",
+        {
+            "code": d.tier,
+            "name": d.tier_name or DEFAULT_TIER_NAMES.get(d.tier, d.tier),
+            "since": d.since.isoformat(),
+            "review_at": d.review_at.isoformat() if d.review_at else None,
+        },
+    )
+    progress = progress_changed(
+        TierProgressChanged(
+            tier=d.tier,
+            tier_name=d.tier_name,
+            next_tier=d.next_tier,
+            spend_fen=d.spend_fen,
+            spend_needed_fen=d.spend_needed_fen,
+            points=d.points,
+            points_needed=d.points_needed,
+            review_at=d.review_at,
+            policy_version=d.policy_version,
+        )
+    )
+    return tier, progress
+
+
+def _benefit_entry(benefit_id: str, code: str, remaining_uses: int | None, valid_until: datetime | None) -> Doc:
+    return {
+        "benefit_id": benefit_id,
+        "code": code,
+        "remaining_uses": remaining_uses,
+        "valid_until": valid_until.isoformat() if valid_until else None,
+    }
+
+
 def benefit_changed(d: BenefitGranted | BenefitRedeemed) -> KeepBenefit:
     """Granted and redeemed have the same effect: the entitlement as it now is."""
-    return KeepBenefit(
-        {
-            "benefit_id": d.benefit_id,
-            "code": d.code,
-            "remaining_uses": d.remaining_uses,
-            "valid_until": d.valid_until.isoformat() if d.valid_until else None,
-        }
+    return KeepBenefit(_benefit_entry(d.benefit_id, d.code, d.remaining_uses, d.valid_until))
+
+
+def benefits_snapshot(d: BenefitsSnapshot) -> SetBenefits:
+    """A rebuild's snapshot of the benefits: every entry, as a grant of each would make it."""
+    return SetBenefits(
+        {b.benefit_id: _benefit_entry(b.benefit_id, b.code, b.remaining_uses, b.valid_until) for b in d.benefits}
     )
 
 
@@ -268,14 +318,30 @@ def apply(document: StatusDocument | None, change: Change) -> StatusDocument:
         return replace(document, **{change.column: change.doc})
     if isinstance(change, KeepBenefit):
         return replace(document, benefits={**document.benefits, change.benefit_id: change.benefit})
+    if isinstance(change, SetBenefits):
+        return replace(document, benefits=dict(change.benefits))
     return replace(document, benefits={k: v for k, v in document.benefits.items() if k != change.benefit_id})
 
 
 def touches(change: Change) -> tuple[str, str]:
-    """What a change replaces or removes: two changes that touch different things commute."""
+    """What a change replaces or removes: two changes that touch different things commute. Replacing
+    every benefit touches all of them (``("benefit", "*")``: see :func:`commute`)."""
     if isinstance(change, SetSnapshot):
         return ("snapshot", change.column)
+    if isinstance(change, SetBenefits):
+        return ("benefit", "*")
     return ("benefit", change.benefit_id)
+
+
+def commute(a: Change, b: Change) -> bool:
+    """Whether applying ``a`` then ``b`` gives the view ``b`` then ``a`` gives: they touch different
+    things (a replacement of every benefit entry touches each of them)."""
+    (kind_a, what_a), (kind_b, what_b) = touches(a), touches(b)
+    if kind_a != kind_b:
+        return True
+    if kind_a == "benefit" and "*" in (what_a, what_b):
+        return False
+    return what_a != what_b
 
 
 @dataclass(frozen=True)

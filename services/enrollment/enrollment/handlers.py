@@ -1,7 +1,10 @@
 """Enrollment's event handlers: the member status view, a projection of points, tiering and
 benefits events (and the chain's programme versions, which the referral job reads).
 
-The domain builds each event's change of the view (:mod:`.domain`); the store writes it.
+The domain builds each event's change of the view (:mod:`.domain`); the store writes it. A rebuild
+(``membershipctl rebuild status-view``) has the owners re-publish their state as PointsSnapshot,
+TierSnapshot and BenefitsSnapshot, on their topics in order with the member's other events: each
+replaces its part of the view.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from shared.events import (
     BenefitGranted,
     BenefitRedeemed,
     BenefitRevoked,
+    BenefitsSnapshot,
     CloudEvent,
     PointsChanged,
+    PointsSnapshot,
     TierChanged,
     TierProgressChanged,
+    TierSnapshot,
 )
 
 from . import domain
@@ -60,6 +66,24 @@ async def on_tier_progress_changed(event: CloudEvent[TierProgressChanged], uow: 
     _keep_snapshot(uow, event.subject, domain.progress_changed(event.data))
 
 
+async def on_points_snapshot(event: CloudEvent[PointsSnapshot], uow: Unit) -> None:
+    """A rebuild: the points as points holds them now replace the view's (as a PointsChanged would)."""
+    _keep_snapshot(uow, event.subject, domain.points_changed(event.data))
+
+
+async def on_tier_snapshot(event: CloudEvent[TierSnapshot], uow: Unit) -> None:
+    """A rebuild: the tier and progress as tiering holds them now replace the view's."""
+    for change in domain.tier_snapshot(event.data):
+        _keep_snapshot(uow, event.subject, change)
+
+
+async def on_benefits_snapshot(event: CloudEvent[BenefitsSnapshot], uow: Unit) -> None:
+    """A rebuild: the member's entitlements as benefits holds them now replace every entry of the view.
+    Written at once, like grants and revocations, so it keeps its place among them in the batch."""
+    change = domain.benefits_snapshot(event.data)
+    await store_of(uow).set_benefits(member_id=event.subject, benefits=change.benefits)
+
+
 async def on_benefit_granted(event: CloudEvent[BenefitGranted], uow: Unit) -> None:
     change = domain.benefit_changed(event.data)
     await store_of(uow).keep_benefit(member_id=event.subject, benefit=change.benefit)
@@ -82,5 +106,8 @@ HANDLERS = handlers(
     on_benefit_granted,
     on_benefit_redeemed,
     on_benefit_revoked,
+    on_points_snapshot,
+    on_tier_snapshot,
+    on_benefits_snapshot,
     policies.on_policy_changed,
 )

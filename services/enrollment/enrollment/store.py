@@ -45,6 +45,10 @@ class EnrollmentStore(abc.ABC):
         """Remove the member's entry for ``benefit_id`` (a member without a row gets an empty one)."""
 
     @abc.abstractmethod
+    async def set_benefits(self, *, member_id: str, benefits: Mapping[str, Doc]) -> None:
+        """Replace all the member's entries with ``benefits`` (by benefit id); a member without a row gets one."""
+
+    @abc.abstractmethod
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         """The member's row of the view; None before any event about them."""
 
@@ -95,6 +99,10 @@ class SqlStore(EnrollmentStore):
         await self._set_status(
             member_id, insert={"benefits": {}}, benefits=member_status.c.benefits.op("-")(benefit_id)
         )
+
+    async def set_benefits(self, *, member_id: str, benefits: Mapping[str, Doc]) -> None:
+        entries = dict(benefits)
+        await self._set_status(member_id, insert={"benefits": entries}, benefits=literal(entries, JSONB))
 
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         row = (await self.uow.execute(select(member_status).where(member_status.c.member_id == member_id))).first()

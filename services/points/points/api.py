@@ -11,11 +11,14 @@ from shared.api import AppKey, CtxDep, IdempotencyKey, OpsKey, PosOrApp, current
 from shared.audit import record_audit
 from shared.db import UnitOfWork
 from shared.service import JobRun
+from shared.snapshots import snapshot_router
 
 from . import commands, jobs, queries, schemas
 
 router = APIRouter(prefix="/v1/members/{member_id}/points", tags=["points"])
 ops_router = APIRouter(prefix="/v1/points", tags=["operations"])
+#: POST /v1/ops/snapshots: a page of members' PointsSnapshot, to rebuild the status view (ops)
+snapshots_router = snapshot_router(commands.publish_snapshots, event_type="PointsSnapshot")
 
 
 @router.get("", response_model=schemas.PointsSummary)

@@ -1,5 +1,6 @@
 """What points' API changes: redemptions and operators' adjustments, each a :func:`wallets.post`
-under the member's row lock, in the request's unit of work."""
+under the member's row lock, in the request's unit of work; and a rebuild's snapshots of the
+members' points (:func:`publish_snapshots`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import uuid
 
 from shared.db import UnitOfWork
 from shared.problems import Conflict, NotFound
+from shared.snapshots import SnapshotPage, chain_members, member_page
 
 from . import domain, schemas
 from .store import Account, store_of
-from .wallets import post
+from .tables import members
+from .wallets import held_points, post
 
 
 async def _account_for_request(uow: UnitOfWork, *, chain_id: str, member_id: str) -> Account:
@@ -76,3 +79,18 @@ async def adjust(
         qualifying=False,
     )
     return schemas.PostedEntry(entry_id=entry_id, balance=wallet.balance)
+
+
+async def publish_snapshots(uow: UnitOfWork, *, chain_id: str, after: str | None, limit: int) -> SnapshotPage:
+    """A PointsSnapshot of each of a page of the chain's members (ids after ``after``, in id order): their
+    points as of now, computed as every PointsChanged computes them. The members are locked as for any
+    change of their points, so a change in flight is published before the snapshot, a later one after it."""
+    page = await member_page(uow, members, chain_id=chain_id, after=after, limit=limit)
+    total = await chain_members(uow, members, chain_id=chain_id) if after is None else None
+    now = uow.now()
+    accounts = await store_of(uow).locked_accounts(member_ids=page.member_ids)
+    for account in accounts:
+        uow.publish(
+            held_points(account.wallet, now), member_id=account.member.member_id, chain_id=account.member.chain_id
+        )
+    return SnapshotPage(published=len(accounts), next_after=page.next_after, total=total)

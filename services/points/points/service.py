@@ -3,7 +3,7 @@
 from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
-from .api import ops_router, router
+from .api import ops_router, router, snapshots_router
 from .handlers import HANDLERS, prepare
 from .jobs import expire_points
 from .tables import behaviour_months, entries, lots, members, purchase_points, shared
@@ -23,7 +23,7 @@ EXPORT = ExportSource(
 SERVICE = ServiceDefinition(
     name="points",
     tables=shared,
-    routers=[router, ops_router, export_router("points", EXPORT)],
+    routers=[router, ops_router, snapshots_router, export_router("points", EXPORT)],
     handlers=HANDLERS,
     prepare=prepare,
     # every chain's expiry pass as of now (the ops endpoint runs one chain's, as of any instant)

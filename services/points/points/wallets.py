@@ -13,10 +13,21 @@ import uuid
 from datetime import datetime
 
 from shared.db import Unit
-from shared.events import EntryType, ExpiringPoints, PendingPoints, PointsChanged
+from shared.events import EntryType, ExpiringPoints, PendingPoints, PointsChanged, PointsSnapshot
 
 from . import domain
 from .store import Entry, Member, store_of
+
+
+def held_points(wallet: domain.Wallet, at: datetime) -> PointsSnapshot:
+    """The member's points as of ``at``, as every PointsChanged carries them (and a rebuild's snapshot)."""
+    return PointsSnapshot(
+        balance=wallet.balance,
+        available=wallet.available(at),
+        pending=wallet.pending(at),
+        expiring=[ExpiringPoints(points=g.points, expires_on=g.expires_on) for g in wallet.expiring(at)],
+        pending_until=[PendingPoints(points=n, available_at=when) for when, n in wallet.pending_until(at)],
+    )
 
 
 async def post(
@@ -65,21 +76,21 @@ async def post(
     )
     if delta != 0:
         await store.set_balance(member_id=member.member_id, balance=wallet.balance, at=now)
-        view_at = as_of or now
+        held = held_points(wallet, as_of or now)
         uow.publish(
             PointsChanged(
                 entry_id=entry_id,
                 delta=delta,
-                balance=wallet.balance,
+                balance=held.balance,
                 entry_type=entry_type,
                 reason=reason,
                 source_event_id=source_event_id,
                 occurred_at=occurred_at,
                 qualifying=qualifying,
-                available=wallet.available(view_at),
-                pending=wallet.pending(view_at),
-                expiring=[ExpiringPoints(points=g.points, expires_on=g.expires_on) for g in wallet.expiring(view_at)],
-                pending_until=[PendingPoints(points=n, available_at=at) for at, n in wallet.pending_until(view_at)],
+                available=held.available,
+                pending=held.pending,
+                expiring=held.expiring,
+                pending_until=held.pending_until,
             ),
             member_id=member.member_id,
             chain_id=member.chain_id,

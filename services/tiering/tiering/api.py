@@ -13,11 +13,14 @@ from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correla
 from shared.audit import record_audit
 from shared.db import UnitOfWork
 from shared.service import JobRun
+from shared.snapshots import snapshot_router
 
 from . import commands, jobs, queries, schemas
 from .policies import POLICIES
 
 router = APIRouter(prefix="/v1", tags=["tiering"])
+#: POST /v1/ops/snapshots: a page of members' TierSnapshot, to rebuild the status view (ops)
+snapshots_router = snapshot_router(commands.publish_snapshots, event_type="TierSnapshot")
 
 
 @router.get("/members/{member_id}/tier", response_model=schemas.MemberTier)

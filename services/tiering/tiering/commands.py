@@ -1,5 +1,6 @@
 """What tiering's API changes: a member's tier by override, the chain's policy (a new version), and
-the start of a recalculation (the worker does the work: :mod:`tiering.recalculation`)."""
+the start of a recalculation (the worker does the work: :mod:`tiering.recalculation`); and a
+rebuild's snapshots of the members' tiers (:func:`publish_snapshots`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from shared.events import PolicyChanged
 from shared.platform import chain_timezone
 from shared.policy import Policy
 from shared.problems import Conflict, InvalidRequest, NotFound
+from shared.snapshots import SnapshotPage, chain_members, member_page
 
 from . import domain, schemas
-from .moves import TierMove, record_moves
+from .moves import TierMove, record_moves, tier_snapshot
 from .policies import POLICIES, current_policy
 from .queries import member_tier, window_totals
+from .store import store_of
 from .tables import members, policies, recalc_jobs
 
 # ---- overrides ----------------------------------------------------------------------------------
@@ -140,3 +143,31 @@ async def start_recalculation(uow: UnitOfWork, *, chain_id: str) -> schemas.Reca
     return schemas.RecalculationStarted(
         job_id=job_id, status="running", policy_version=policy.version, total=total or 0
     )
+
+
+# ---- a rebuild of the status view ---------------------------------------------------------------
+
+
+async def publish_snapshots(uow: UnitOfWork, *, chain_id: str, after: str | None, limit: int) -> SnapshotPage:
+    """A TierSnapshot of each of a page of the chain's members (ids after ``after``, in id order): the
+    tier held and the progress qualification publishes, over the window ending now. The members are
+    locked as for any tier change, so a change in flight is published before the snapshot, a later one
+    after it."""
+    page = await member_page(uow, members, chain_id=chain_id, after=after, limit=limit)
+    total = await chain_members(uow, members, chain_id=chain_id) if after is None else None
+    store = store_of(uow)
+    locked = await store.lock_members(member_ids=page.member_ids)
+    policy = await store.policy(chain_id=chain_id)
+    totals = await store.trailing_totals(
+        member_ids=[m.member_id for m in locked], window_days=policy.qualification_window_days, as_of=uow.now()
+    )
+    for m in locked:
+        spend, points = totals.get(m.member_id, (0, 0))
+        uow.publish(
+            tier_snapshot(
+                policy=policy, tier=m.tier, since=m.since, spend_fen=spend, points=points, review_at=m.review_at
+            ),
+            member_id=m.member_id,
+            chain_id=m.chain_id,
+        )
+    return SnapshotPage(published=len(locked), next_after=page.next_after, total=total)

@@ -1,8 +1,9 @@
 """Recording tier decisions: the members' new tiers, their history rows and the events about them.
 
 :func:`publish_progress` is the status view's snapshot of a member's counters (qualification
-publishes it for every member it evaluates); :func:`record_moves` records the tier moves of many
-members at once (overrides, reviews, recalculations).
+publishes it for every member it evaluates; :func:`tier_snapshot` adds the tier, for a rebuild);
+:func:`record_moves` records the tier moves of many members at once (overrides, reviews,
+recalculations).
 """
 
 from __future__ import annotations
@@ -13,12 +14,30 @@ from datetime import datetime
 from sqlalchemy import bindparam, case, update
 
 from shared.db import Unit, UnitOfWork
-from shared.events import TierChanged, TierProgressChanged
+from shared.events import TierChanged, TierProgressChanged, TierSnapshot
 from shared.policy import Policy
 
 from . import domain
 from .store import Totals
 from .tables import members, tier_history
+
+
+def progress_of(
+    *, policy: Policy, tier: str, spend_fen: int, points: int, review_at: datetime | None
+) -> TierProgressChanged:
+    """The member's counters against the next tier, as the status view shows them."""
+    p = domain.progress(policy, tier, spend_fen, points)
+    return TierProgressChanged(
+        tier=tier,
+        tier_name=domain.tier_name(policy, tier),
+        next_tier=p.next_tier,
+        spend_fen=p.spend_fen,
+        spend_needed_fen=p.spend_needed_fen,
+        points=p.points,
+        points_needed=p.points_needed,
+        review_at=review_at,
+        policy_version=policy.version,
+    )
 
 
 def publish_progress(
@@ -33,23 +52,31 @@ def publish_progress(
     review_at: datetime | None,
 ) -> None:
     """The member's counters against the next tier, for the status view."""
-    p = domain.progress(policy, tier, spend_fen, points)
     uow.publish(
-        TierProgressChanged(
-            tier=tier,
-            tier_name=domain.tier_name(policy, tier),
-            next_tier=p.next_tier,
-            spend_fen=p.spend_fen,
-            spend_needed_fen=p.spend_needed_fen,
-            points=p.points,
-            points_needed=p.points_needed,
-            review_at=review_at,
-            policy_version=policy.version,
-        ),
+        progress_of(policy=policy, tier=tier, spend_fen=spend_fen, points=points, review_at=review_at),
         member_id=member_id,
         chain_id=chain_id,
         replaces=("progress", member_id),
     )  # one snapshot per batch
+
+
+def tier_snapshot(
+    *, policy: Policy, tier: str, since: datetime, spend_fen: int, points: int, review_at: datetime | None
+) -> TierSnapshot:
+    """A rebuild's snapshot of the member: the tier held and the counters :func:`publish_progress` publishes."""
+    p = progress_of(policy=policy, tier=tier, spend_fen=spend_fen, points=points, review_at=review_at)
+    return TierSnapshot(
+        tier=tier,
+        tier_name=p.tier_name,
+        since=since,
+        review_at=review_at,
+        next_tier=p.next_tier,
+        spend_fen=p.spend_fen,
+        spend_needed_fen=p.spend_needed_fen,
+        points=p.points,
+        points_needed=p.points_needed,
+        policy_version=p.policy_version,
+    )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
 from . import jobs
-from .api import router
+from .api import router, snapshots_router
 from .handlers import HANDLERS, prepare
 from .tables import members, qualifying_facts, shared, tier_history
 
@@ -25,7 +25,7 @@ RECALCULATION_POLL_SECONDS = 2.0
 SERVICE = ServiceDefinition(
     name="tiering",
     tables=shared,
-    routers=[router, export_router("tiering", EXPORT)],
+    routers=[router, snapshots_router, export_router("tiering", EXPORT)],
     handlers=HANDLERS,
     prepare=prepare,
     schedules=[

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benefits import domain
+from benefits.commands import benefits_snapshot
 from benefits.domain import Entitlement, Grant
 from shared.policy import DEFAULT_POLICY
 
@@ -184,3 +185,58 @@ def test_after_any_tier_changes_the_active_tier_benefits_are_exactly_the_tiers_o
     # applying the same change twice grants nothing more
     again = domain.tier_benefit_changes(DEFAULT_POLICY, path[-1], entitlements, at)
     assert again == domain.BenefitChanges()
+
+
+# ---- what a rebuild's snapshot carries -----------------------------------------------------------
+
+
+def test_the_status_view_shows_granted_and_used_up_benefits_until_they_end_and_never_ended_ones() -> None:
+    now = T0 + timedelta(days=10)
+
+    def entitlement(status: domain.Status, until: datetime | None, uses: int | None = 1) -> Entitlement:
+        return Entitlement(
+            benefit_id=str(uuid.uuid4()),
+            code="care_pack",
+            kind="entitlement",
+            tier="gold",
+            status=status,
+            valid_from=T0,
+            valid_until=until,
+            remaining_uses=uses,
+        )
+
+    later, earlier = now + timedelta(days=1), now - timedelta(seconds=1)
+    shown = {
+        "active": domain.in_status_view(entitlement("active", later), now),
+        "active while the tier is held": domain.in_status_view(entitlement("active", None), now),
+        "used up": domain.in_status_view(entitlement("used", later, uses=0), now),
+        "active past its end": domain.in_status_view(entitlement("active", earlier), now),
+        "ends right now": domain.in_status_view(entitlement("active", now), now),
+        "used up past its end": domain.in_status_view(entitlement("used", earlier, uses=0), now),
+        "revoked": domain.in_status_view(entitlement("revoked", None), now),
+        "expired": domain.in_status_view(entitlement("expired", later), now),
+    }
+    assert shown == {
+        "active": True,
+        "active while the tier is held": True,
+        "used up": True,
+        "active past its end": False,
+        "ends right now": False,
+        "used up past its end": False,
+        "revoked": False,
+        "expired": False,
+    }
+
+
+def test_a_snapshot_lists_what_the_view_shows_as_the_events_about_it_would_oldest_first() -> None:
+    now = T0 + timedelta(days=10)
+    grants = domain.tier_benefit_changes(DEFAULT_POLICY, "gold", [], T0, tier_year="2025-01-01").grant
+    entitlements = [held(g) for g in grants]
+    revoked = replace(entitlements[0], status="revoked")
+    snapshot = benefits_snapshot([revoked, *entitlements[1:]], now)
+    assert [(b.benefit_id, b.code, b.remaining_uses, b.valid_until) for b in snapshot.benefits] == [
+        (e.benefit_id, e.code, e.remaining_uses, e.valid_until)
+        for e in entitlements[1:]
+        if domain.in_status_view(e, now)
+    ]
+    assert snapshot.benefits  # gold grants something

@@ -2,7 +2,8 @@
 histories go to both, on the real PostgreSQL (each in a transaction that is rolled back).
 
 * which purchase completes a pending referral: ``jobs.due_referrals`` vs ``domain.referral_purchase``;
-* how a sequence of changes builds the status view: ``store.SqlStore``'s upserts vs ``domain.apply``.
+* how a sequence of changes builds the status view (a rebuild's replacement of every benefit among
+  them): ``store.SqlStore``'s upserts vs ``domain.apply``.
 """
 
 from __future__ import annotations
@@ -165,6 +166,15 @@ change_st = st.tuples(
             st.none() | st.just("2026-01-01T00:00:00+00:00"),
         ),
         st.builds(domain.DropBenefit, st.sampled_from(["b1", "b2", "b3"])),
+        st.builds(  # a rebuild's BenefitsSnapshot: every entry at once
+            lambda entries: domain.SetBenefits(
+                {
+                    b: {"benefit_id": b, "code": "skin_check", "remaining_uses": uses, "valid_until": None}
+                    for b, uses in entries
+                }
+            ),
+            st.lists(st.tuples(st.sampled_from(["b1", "b2", "b3"]), st.none() | st.integers(0, 3)), max_size=3),
+        ),
     ),
 )
 
@@ -188,6 +198,8 @@ def test_the_sql_store_builds_the_view_the_domain_projection_builds(
                     await store.write_snapshots(snapshots={member_id: {change.column: change.doc}})
             elif isinstance(change, domain.KeepBenefit):
                 await store.keep_benefit(member_id=member_id, benefit=change.benefit)
+            elif isinstance(change, domain.SetBenefits):
+                await store.set_benefits(member_id=member_id, benefits=change.benefits)
             else:
                 await store.drop_benefit(member_id=member_id, benefit_id=change.benefit_id)
         await store.write_snapshots(snapshots=pending)

@@ -39,6 +39,9 @@ class InMemoryStore(EnrollmentStore):
     async def drop_benefit(self, *, member_id: str, benefit_id: str) -> None:
         self._change(member_id, domain.DropBenefit(benefit_id))
 
+    async def set_benefits(self, *, member_id: str, benefits: Mapping[str, Doc]) -> None:
+        self._change(member_id, domain.SetBenefits(dict(benefits)))
+
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         document = self.rows.get(member_id)
         return StoredStatus(document=document, updated_at=self.updated_at[member_id]) if document is not None else None

@@ -10,9 +10,12 @@ from enrollment.handlers import (
     on_benefit_granted,
     on_benefit_redeemed,
     on_benefit_revoked,
+    on_benefits_snapshot,
     on_points_changed,
+    on_points_snapshot,
     on_tier_changed,
     on_tier_progress_changed,
+    on_tier_snapshot,
 )
 from enrollment.store import EnrollmentStore
 from enrollment.tables import policies
@@ -21,13 +24,17 @@ from shared.events import (
     BenefitGranted,
     BenefitRedeemed,
     BenefitRevoked,
+    BenefitsSnapshot,
     EventData,
     ExpiringPoints,
+    HeldBenefit,
     PendingPoints,
     PointsChanged,
+    PointsSnapshot,
     PolicyChanged,
     TierChanged,
     TierProgressChanged,
+    TierSnapshot,
 )
 from shared.testing import FakeUnitOfWork, event, handle
 
@@ -177,7 +184,151 @@ def test_the_consumer_takes_the_view_events_and_the_programme_versions() -> None
         BenefitGranted,
         BenefitRedeemed,
         BenefitRevoked,
+        PointsSnapshot,
+        TierSnapshot,
+        BenefitsSnapshot,
         PolicyChanged,
     }
     assert set(HANDLERS) == expected
     assert HANDLERS[PolicyChanged] == policies.on_policy_changed  # the shared store keeps the versions
+
+
+# ---- a rebuild: the owners' snapshots replace the view's parts ------------------------------------
+
+
+def points_snapshot(
+    balance: int,
+    *,
+    available: int | None = None,
+    pending: int = 0,
+    expiring: list[ExpiringPoints] | None = None,
+    pending_until: list[PendingPoints] | None = None,
+) -> PointsSnapshot:
+    return PointsSnapshot(
+        balance=balance,
+        available=balance if available is None else available,
+        pending=pending,
+        expiring=expiring or [],
+        pending_until=pending_until or [],
+    )
+
+
+def tier_snapshot(tier: str = "gold", name: str | None = "金卡会员", review_at: datetime | None = None) -> TierSnapshot:
+    return TierSnapshot(
+        tier=tier,
+        tier_name=name,
+        since=AT,
+        review_at=review_at,
+        next_tier="diamond",
+        spend_fen=16_000_000,
+        spend_needed_fen=14_000_000,
+        points=160_000,
+        points_needed=140_000,
+        policy_version=2,
+    )
+
+
+async def test_a_points_snapshot_sets_the_document_a_points_change_with_the_same_numbers_sets() -> None:
+    expiring = [ExpiringPoints(points=300, expires_on=date(2026, 1, 31))]
+    pending_until = [PendingPoints(points=200, available_at=AT)]
+    uow, store = fresh(("m1", StatusDocument(points={"balance": 999_999, "available": 1})))
+    snap = points_snapshot(1_200, available=1_000, pending=200, expiring=expiring, pending_until=pending_until)
+    await handle(on_points_snapshot, event(snap, member_id="m1"), uow)
+    live_uow, live = fresh()
+    change = points(1_200, available=1_000, pending=200, expiring=expiring, pending_until=pending_until)
+    await handle(on_points_changed, event(change, member_id="m1"), live_uow)
+    assert store.rows["m1"].points == live.rows["m1"].points
+    assert store.rows["m1"].points is not None and store.rows["m1"].points["balance"] == 1_200
+    assert uow.events == []  # the view publishes nothing
+
+
+async def test_a_tier_snapshot_sets_the_tier_and_progress_that_tier_events_about_the_same_state_set() -> None:
+    review = datetime(2026, 6, 1, tzinfo=UTC)
+    wrong = StatusDocument(tier={"code": "member"}, progress={"tier": "member"}, points={"balance": 7})
+    uow, store = fresh(("m1", wrong))
+    await handle(on_tier_snapshot, event(tier_snapshot(review_at=review), member_id="m1"), uow)
+    live_uow, live = fresh()
+    await handle(on_tier_changed, event(tier_change("gold", "金卡会员", review), member_id="m1"), live_uow)
+    progress = TierProgressChanged(
+        tier="gold",
+        tier_name="金卡会员",
+        next_tier="diamond",
+        spend_fen=16_000_000,
+        spend_needed_fen=14_000_000,
+        points=160_000,
+        points_needed=140_000,
+        review_at=review,
+        policy_version=2,
+    )
+    await handle(on_tier_progress_changed, event(progress, member_id="m1"), live_uow)
+    assert store.rows["m1"].tier == live.rows["m1"].tier
+    assert store.rows["m1"].progress == live.rows["m1"].progress
+    assert store.rows["m1"].points == {"balance": 7}  # the points are not tiering's to replace
+
+
+async def test_a_tier_snapshot_without_a_name_shows_the_default_name() -> None:
+    uow, store = fresh()
+    await handle(on_tier_snapshot, event(tier_snapshot("silver", None), member_id="m1"), uow)
+    assert store.rows["m1"].tier is not None and store.rows["m1"].tier["name"] == "银卡会员"
+
+
+async def test_a_snapshot_and_a_later_change_in_one_batch_leave_the_later_one() -> None:
+    uow, store = fresh()
+    await on_points_snapshot(event(points_snapshot(100), member_id="m1"), uow)
+    await on_points_changed(event(points(150), member_id="m1"), uow)
+    await on_tier_changed(event(tier_change("silver", "银卡"), member_id="m2"), uow)
+    await on_tier_snapshot(event(tier_snapshot("gold"), member_id="m2"), uow)
+    await uow.commit()
+    assert len(store.snapshot_writes) == 1  # still one write for the batch
+    assert store.rows["m1"].points is not None and store.rows["m1"].points["balance"] == 150
+    assert store.rows["m2"].tier is not None and store.rows["m2"].tier["code"] == "gold"
+
+
+async def test_a_benefits_snapshot_replaces_every_entry_bogus_ones_go_and_missing_ones_come_back() -> None:
+    bogus = {"benefit_id": "bogus", "code": "dedicated_doctor", "remaining_uses": None, "valid_until": None}
+    uow, store = fresh(("m1", StatusDocument(points={"balance": 3}, benefits={"bogus": bogus})))
+    until = datetime(2026, 6, 1, tzinfo=UTC)
+    snap = BenefitsSnapshot(
+        benefits=[
+            HeldBenefit(benefit_id="b1", code="priority_booking", remaining_uses=None, valid_until=None),
+            HeldBenefit(benefit_id="b2", code="annual_skin_check", remaining_uses=1, valid_until=until),
+        ]
+    )
+    await handle(on_benefits_snapshot, event(snap, member_id="m1"), uow)
+    assert store.rows["m1"].benefits == {
+        "b1": {"benefit_id": "b1", "code": "priority_booking", "remaining_uses": None, "valid_until": None},
+        "b2": {
+            "benefit_id": "b2",
+            "code": "annual_skin_check",
+            "remaining_uses": 1,
+            "valid_until": until.isoformat(),
+        },
+    }
+    assert store.rows["m1"].points == {"balance": 3}
+    # the entries are those grants of the same entitlements would have made
+    live_uow, live = fresh()
+    await handle(
+        on_benefit_granted,
+        event(BenefitGranted(benefit_id="b2", code="annual_skin_check", remaining_uses=1, valid_until=until)),
+        live_uow,
+    )
+    assert live.rows["member-1"].benefits["b2"] == store.rows["m1"].benefits["b2"]
+
+
+async def test_an_empty_benefits_snapshot_empties_the_view_and_gives_a_member_without_a_row_one() -> None:
+    uow, store = fresh(("m1", StatusDocument(benefits={"b1": {"benefit_id": "b1", "code": "x"}})))
+    await handle(on_benefits_snapshot, event(BenefitsSnapshot(benefits=[]), member_id="m1"), uow)
+    await handle(on_benefits_snapshot, event(BenefitsSnapshot(benefits=[]), member_id="m9"), uow)
+    assert store.rows["m1"].benefits == {} and store.rows["m9"] == StatusDocument()
+
+
+async def test_a_benefits_snapshot_keeps_its_place_among_grants_and_revocations_of_a_batch() -> None:
+    uow, store = fresh()
+    await on_benefit_granted(event(granted("b1"), member_id="m1"), uow)
+    await on_benefits_snapshot(
+        event(BenefitsSnapshot(benefits=[HeldBenefit(benefit_id="b2", code="care_pack")]), member_id="m1"), uow
+    )
+    await on_benefit_granted(event(granted("b3"), member_id="m1"), uow)
+    await on_benefit_revoked(event(BenefitRevoked(benefit_id="b2", code="care_pack"), member_id="m1"), uow)
+    await uow.commit()
+    assert list(store.rows["m1"].benefits) == ["b3"]

@@ -16,6 +16,7 @@ from enrollment.domain import (
     KeepBenefit,
     Purchase,
     Referrer,
+    SetBenefits,
     SetSnapshot,
     StatusDocument,
     accept_refund,
@@ -24,7 +25,7 @@ from enrollment.domain import (
     referral_purchase,
     status_as_of,
 )
-from shared.events import BenefitGranted, TierChanged
+from shared.events import BenefitGranted, TierChanged, TierProgressChanged, TierSnapshot
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -280,6 +281,83 @@ def test_writing_only_the_newest_snapshot_of_each_kind_gives_the_same_view(chang
         else:
             others.append(change)
     assert replay([*others, *newest.values()]) == replay(changes)
+
+
+def test_replacing_every_benefit_drops_the_entries_it_lacks_and_keeps_the_snapshots() -> None:
+    doc = apply(None, SetSnapshot("tier", {"code": "gold"}))
+    doc = apply(doc, benefit("bogus"))
+    doc = apply(doc, benefit("b1", uses=3))
+    doc = apply(doc, SetBenefits({"b1": benefit("b1", uses=1).benefit, "b2": benefit("b2").benefit}))
+    assert doc == StatusDocument(
+        tier={"code": "gold"}, benefits={"b1": benefit("b1", uses=1).benefit, "b2": benefit("b2").benefit}
+    )
+    assert apply(doc, SetBenefits({})).benefits == {}
+
+
+with_rebuilds_st = st.lists(
+    st.one_of(
+        changes_st.map(lambda changes: changes[0] if changes else DropBenefit("b1")),
+        st.builds(
+            lambda ids: SetBenefits({b: benefit(b, uses=9).benefit for b in ids}),
+            st.sets(st.sampled_from(["b1", "b2", "b3"])),
+        ),
+    ),
+    max_size=12,
+)
+
+
+@given(with_rebuilds_st, st.randoms(use_true_random=False))
+def test_a_rebuild_of_the_benefits_keeps_its_order_with_benefit_changes_and_commutes_with_the_rest(
+    changes: list[domain.Change], random: Random
+) -> None:
+    # a random order that keeps every pair of changes that do not commute in their order
+    remaining = list(changes)
+    shuffled: list[domain.Change] = []
+    while remaining:
+        ready = [i for i, c in enumerate(remaining) if all(domain.commute(c, earlier) for earlier in remaining[:i])]
+        shuffled.append(remaining.pop(random.choice(ready)))
+    assert replay(shuffled) == replay(changes)
+
+
+def test_a_tier_snapshot_sets_the_tier_and_progress_documents_its_live_events_set() -> None:
+    review = datetime(2026, 6, 1, tzinfo=UTC)
+    tier, progress = domain.tier_snapshot(
+        TierSnapshot(
+            tier="silver",
+            tier_name=None,
+            since=NOW,
+            review_at=review,
+            next_tier="gold",
+            spend_fen=1,
+            spend_needed_fen=2,
+            points=3,
+            points_needed=4,
+            policy_version=5,
+        )
+    )
+    assert tier == domain.tier_changed(
+        TierChanged(
+            from_tier="member",
+            to_tier="silver",
+            direction="up",
+            reason="qualified",
+            policy_version=5,
+            effective_at=NOW,
+            review_at=review,
+        )
+    )
+    assert progress == domain.progress_changed(
+        TierProgressChanged(
+            tier="silver",
+            next_tier="gold",
+            spend_fen=1,
+            spend_needed_fen=2,
+            points=3,
+            points_needed=4,
+            review_at=review,
+            policy_version=5,
+        )
+    )
 
 
 ENROLLED = datetime(2025, 1, 1, tzinfo=UTC)

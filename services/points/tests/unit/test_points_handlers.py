@@ -22,6 +22,7 @@ from points.handlers import (
     prepare,
 )
 from points.store import Member, PointsStore
+from points.wallets import held_points
 from services.points.tests.unit.memory_store import InMemoryStore
 from shared.events import (
     ActivityRecorded,
@@ -314,3 +315,28 @@ async def test_a_policy_change_applies_to_the_next_purchase_and_never_rewrites_r
     assert store.policies[CHAIN].version == 2
     assert [c.delta for c in uow.published(PointsChanged)] == [300]
     assert [e.delta for e in store.entries_of("m-1")] == [100, 300]
+
+
+# ---- a rebuild's snapshot of the points ----------------------------------------------------------
+
+
+async def test_a_snapshot_carries_the_points_a_points_change_carries_and_moves_them_on_with_time() -> None:
+    store = await store_with(("m-1", NOW - timedelta(days=12)))
+    bought_at = NOW - timedelta(hours=1)
+    uow = await handle(on_purchase_recorded, event(purchase("m-1", 12_345, bought_at)), unit_over(store))
+    uow = await handle(on_activity_recorded, event(activity("m-1", "lecture")), uow)
+    changed = uow.published(PointsChanged)[-1]
+    account = await store.locked_account(member_id="m-1")
+    assert account is not None
+    snapshot = held_points(account.wallet, NOW)
+    assert snapshot.model_dump() == changed.model_dump(
+        include={"balance", "available", "pending", "expiring", "pending_until"}
+    )
+    # once the return window has passed, the pending points are available, with no event about it
+    later = held_points(account.wallet, NOW + timedelta(days=8))
+    assert (later.balance, later.available, later.pending, later.pending_until) == (
+        snapshot.balance,
+        snapshot.balance,
+        0,
+        [],
+    )

@@ -36,6 +36,7 @@ from tiering.handlers import (
     on_purchase_refunded,
     prepare,
 )
+from tiering.moves import tier_snapshot
 from tiering.store import Fact, Member, store_key
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -452,3 +453,27 @@ async def test_an_erased_members_override_reason_is_forgotten_and_their_tier_kep
     member = store_of(uow).member("m-1")
     assert member.override_reason == "(erased)" and member.tier == "gold" and member.override_tier == "gold"
     assert not uow.events
+
+
+# ---- a rebuild's snapshot of the tier ------------------------------------------------------------
+
+
+async def test_a_snapshot_carries_the_tier_and_progress_the_live_events_carried() -> None:
+    uow = await handle(on_purchase_recorded, purchase("m-1", SILVER + 1_000), fresh(known("m-1")))
+    [changed] = uow.published(TierChanged)
+    progress = only_progress(uow)
+    store = store_of(uow)
+    [member] = await store.lock_members(member_ids=["m-1"])
+    policy = await store.policy(chain_id=CHAIN)
+    totals = await store.trailing_totals(member_ids=["m-1"], window_days=policy.qualification_window_days, as_of=NOW)
+    spend, pts = totals["m-1"]
+    snapshot = tier_snapshot(
+        policy=policy, tier=member.tier, since=member.since, spend_fen=spend, points=pts, review_at=member.review_at
+    )
+    assert (snapshot.tier, snapshot.tier_name, snapshot.since, snapshot.review_at) == (
+        changed.to_tier,
+        changed.to_tier_name,
+        changed.effective_at,
+        changed.review_at,
+    )
+    assert snapshot.model_dump(exclude={"since"}) == progress.model_dump()
