@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
@@ -51,6 +52,11 @@ CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 _bearer = HTTPBearer(auto_error=False, description="API key of one chain, with scopes pos/app/ops")
 
 
+#: the scopes each :func:`require` dependency accepts, by the dependency: what a route declares, for
+#: the tests that check every route's answers against the contract (tests/e2e/test_route_matrix.py)
+REQUIRED_SCOPES: dict[Callable[..., Awaitable[Principal]], tuple[str, ...]] = {}
+
+
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: a valid key with any of ``scopes`` (``ops`` may do everything)."""
 
@@ -66,6 +72,7 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"This operation needs one of the scopes {list(scopes)} (or ops).")
         return principal
 
+    REQUIRED_SCOPES[dependency] = scopes
     return dependency
 
 
@@ -79,8 +86,32 @@ PosOrApp = Annotated[Principal, Depends(require("pos", "app"))]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 
 
+def job_as_of(ctx: ServiceContext, requested: datetime | None) -> datetime:
+    """The instant an operations run of a job (``POST .../run``) is for: ``requested``, or the service
+    clock's now. A job that writes must not run for an instant far from now: ahead of it by more than
+    ``max_as_of_skew_seconds`` it would expire, demote or grant what is not due yet; behind it by more
+    than ``max_as_of_past_seconds`` it would judge members on a stale window and stamp its effects in
+    the past (docs/decisions/0030). Outside the bounds: 422, and nothing runs."""
+    now = ctx.db.clock.now()
+    if requested is None:
+        return now
+    ahead = timedelta(seconds=ctx.settings.max_as_of_skew_seconds)
+    behind = timedelta(seconds=ctx.settings.max_as_of_past_seconds)
+    if requested > now + ahead:
+        message = f"as_of may be at most {int(ahead.total_seconds())} s after now ({now.isoformat()})."
+    elif requested < now - behind:
+        message = f"as_of may be at most {int(behind.total_seconds())} s before now ({now.isoformat()})."
+    else:
+        return requested
+    raise InvalidRequest(message, errors=[{"location": ["body", "as_of"], "message": message, "type": "value_error"}])
+
+
 def request_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: the key id of the rows written before idempotency keys were scoped per API key (decision 0033)
+LEGACY_KEY_ID = ""
 
 
 async def idempotent(
@@ -92,12 +123,13 @@ async def idempotent(
     body: Any,
     action: Callable[[], Awaitable[tuple[int, Any]]],
 ) -> JSONResponse:
-    """Run ``action`` once per (chain, scope, Idempotency-Key).
+    """Run ``action`` once per (chain, API key, scope, Idempotency-Key).
 
     The key row is inserted in the caller's transaction before the work: a second
     request with the same key waits for the first to commit, then gets its stored
     response (same ids); a different body gets 409. If the work fails, the key
-    rolls back with it, so the client may retry.
+    rolls back with it, so the client may retry. Another API key of the same chain
+    using the same Idempotency-Key has a row of its own: it never sees this response.
     """
     if key is None:
         status, doc = await action()
@@ -106,30 +138,40 @@ async def idempotent(
         raise InvalidRequest("Idempotency-Key must not be blank.")
     t = uow.tables.idempotency
     digest = request_hash(body)
+
+    def row_of(key_id: str) -> Any:
+        return select(t).where(
+            t.c.chain_id == principal.chain_id, t.c.key_id == key_id, t.c.scope == scope, t.c.key == key
+        )
+
+    # a row written before the key id was recorded (within idempotency_key_hours of the upgrade)
+    # still answers a retry, for whichever key of the chain sends it: a retry must not run twice
+    legacy = (await uow.session.execute(row_of(LEGACY_KEY_ID))).first()
+    if legacy is not None and legacy.status_code is not None:
+        return _replay(legacy, digest)
     inserted = (
         await uow.session.execute(
             pg_insert(t)
-            .values(chain_id=principal.chain_id, scope=scope, key=key, request_hash=digest)
+            .values(chain_id=principal.chain_id, key_id=principal.key_id, scope=scope, key=key, request_hash=digest)
             .on_conflict_do_nothing()
             .returning(t.c.key)
         )
     ).first()
     if inserted is None:
-        row = (
-            await uow.session.execute(
-                select(t).where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
-            )
-        ).one()
-        if row.request_hash != digest:
-            raise Conflict("This Idempotency-Key was used with a different request body.")
-        return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
+        return _replay((await uow.session.execute(row_of(principal.key_id))).one(), digest)
     status, doc = await action()
     await uow.session.execute(
         t.update()
-        .where(t.c.chain_id == principal.chain_id, t.c.scope == scope, t.c.key == key)
+        .where(t.c.chain_id == principal.chain_id, t.c.key_id == principal.key_id, t.c.scope == scope, t.c.key == key)
         .values(status_code=status, response=doc)
     )
     return JSONResponse(doc, status_code=status)
+
+
+def _replay(row: Any, digest: str) -> JSONResponse:
+    if row.request_hash != digest:
+        raise Conflict("This Idempotency-Key was used with a different request body.")
+    return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
 
 
 Result = BaseModel | tuple[int, BaseModel]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, MetaData, Table, Text, select
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -49,9 +50,8 @@ def create_audit_table(op: Any, schema: str) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return value
+    """Models, datetimes, dates... as JSON (the columns are JSONB)."""
+    return to_jsonable_python(value)
 
 
 async def record_audit(

@@ -85,6 +85,26 @@ def handlers(*functions: Handler) -> Handlers:
     return table
 
 
+class MemberOfAnotherChain(ValueError):
+    """An event naming a member this service knows in another chain than the event's: forged or
+    misrouted, never applied (the consumer dead-letters it; decision 0031). The message names the
+    event's chain only, never the member's: the dead letter is listed to the event's chain."""
+
+
+def check_member_chain(event: CloudEvent[Any], member_id: str, known_chain_id: str | None) -> None:
+    """Refuse ``event`` when its member is known (``known_chain_id``) in another chain than the event
+    names. An unknown member (None) passes: events may overtake the member's enrolment."""
+    if known_chain_id is not None and known_chain_id != event.chainid:
+        raise foreign_member(event, member_id)
+
+
+def foreign_member(event: CloudEvent[Any], member_id: str) -> MemberOfAnotherChain:
+    """The error for an event whose member is known in another chain than the event names."""
+    return MemberOfAnotherChain(
+        f"{event.type} {event.id} names member {member_id}, who is not a member of chain {event.chainid}"
+    )
+
+
 #: serialization failure, deadlock, shutdown, connection lost; and a schema behind the code (undefined
 #: table/column: a rolling upgrade whose migration has not run yet) is waited out, not dead-lettered
 TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006", "42P01", "42703"}

@@ -95,6 +95,9 @@ def shared_tables(metadata: MetaData) -> ServiceTables:
         "idempotency_keys",
         metadata,
         Column("chain_id", Text, primary_key=True),
+        # the API key that sent it: two keys of one chain never share an Idempotency-Key (decision 0033);
+        # '' on the rows written before migration "idempotency keys per API key"
+        Column("key_id", Text, primary_key=True, server_default=""),
         Column("scope", Text, primary_key=True),
         Column("key", Text, primary_key=True),
         Column("request_hash", Text, nullable=False),

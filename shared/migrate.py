@@ -60,6 +60,17 @@ def create_shared_tables(op: Any, schema: str) -> None:
         op.execute(ddl)
 
 
+def scope_idempotency_keys_by_key(op: Any, schema: str) -> None:
+    """For each service's migration "idempotency keys per API key": ``key_id`` joins the primary key
+    (chain, key id, scope, key). Written to be a no-op on a schema whose first migration already
+    created the table with it (:func:`create_shared_tables` creates the current shape). Rows from
+    before keep ``key_id`` '' and are honoured for their lifetime (see ``shared.api.idempotent``)."""
+    table = f"{schema}.idempotency_keys"
+    op.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS key_id text NOT NULL DEFAULT ''")
+    op.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS idempotency_keys_pkey")
+    op.execute(f"ALTER TABLE {table} ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (chain_id, key_id, scope, key)")
+
+
 def _config(script_location: Path, settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))

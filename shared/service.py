@@ -86,13 +86,19 @@ def build_context(defn: ServiceDefinition, settings: Settings, pool_size: int | 
     return ServiceContext(defn.name, settings, db, PlatformStore(db.engine, settings.api_key_cache_seconds))
 
 
-def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    ctx = build_context(defn, settings)
+def service_routers(defn: ServiceDefinition) -> list[APIRouter]:
+    """Every router a service's API serves: its own, and the audit, pipeline health and dead-letter
+    ones every service has (the route table tests/e2e/test_route_matrix.py checks)."""
     routers = [*defn.routers, audit_router(), health_router()]
     if defn.handlers:
         routers.append(dead_letter_router(defn.handlers, defn.prepare))
-    return create_service_app(ctx, routers, title=f"membership {defn.name}", description=defn.description)
+    return routers
+
+
+def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = build_context(defn, settings)
+    return create_service_app(ctx, service_routers(defn), title=f"membership {defn.name}", description=defn.description)
 
 
 async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event) -> None:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
 
     # schedules (expiry, reviews, birthdays): how often a worker looks for due work
     schedule_interval_seconds: float = Field(60.0, gt=0)
+    #: how far an operations run of a job (``POST .../run`` with ``as_of``) may look ahead of the service
+    #: clock's now, and back behind it (docs/decisions/0030)
+    max_as_of_skew_seconds: float = Field(3600.0, ge=0)
+    max_as_of_past_seconds: float = Field(7 * 24 * 3600.0, ge=0)
 
     # retention of the shared tables (see shared.retention); the inbox must outlive the topics' retention
     outbox_retention_days: float = Field(7.0, gt=0)

@@ -265,3 +265,16 @@ def test_purchase_events_carry_their_items_typed() -> None:
         )
     )
     assert e.subject == "m1" and e.data.amount_fen == 1
+
+
+def test_an_audit_entry_keeps_dates_and_models_as_json() -> None:
+    from shared.audit import _jsonable
+
+    doc = _jsonable({"until": NOW, "on": NOW.date(), "model": _activity(), "n": 1})
+    assert doc == {
+        "until": "2026-03-01T09:30:00Z",
+        "on": "2026-03-01",
+        "model": json.loads(_activity().model_dump_json()),
+        "n": 1,
+    }
+    json.dumps(doc)  # what JSONB gets

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -94,6 +94,7 @@ def test_phones_are_masked_and_redacted_from_any_text() -> None:
     assert "13812345678" not in redact('{"phone": "+8613812345678"}')
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # regex generation is slow on a loaded machine
 @given(st.from_regex(r"1[3-9]\d{9}", fullmatch=True), st.text(alphabet="abc =:", max_size=20))
 def test_no_mobile_number_survives_redaction(phone: str, around: str) -> None:
     assert phone not in redact(around + phone + around)

@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.api import (
+    CtxDep,
+    IdempotencyKey,
+    OpsKey,
+    PosOrApp,
+    current_correlation_id,
+    idempotent_command,
+    job_as_of,
+)
 from shared.audit import record_audit
 from shared.service import JobRun
 from shared.snapshots import snapshot_router
@@ -65,7 +73,7 @@ async def redeem_benefit(
 @router.post("/benefits/schedules/run", response_model=schemas.BirthdayRun, tags=["operations"])
 async def run_schedules(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.BirthdayRun:
     """Grant the key's chain's birthday vouchers due as of ``as_of`` (default now); also runs on a schedule."""
-    run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
+    run = JobRun(as_of=job_as_of(ctx, body.as_of if body else None), chain_ids=(principal.chain_id,))
     granted = await jobs.grant_birthday_vouchers(ctx, run)
     result = schemas.BirthdayRun(granted=granted, as_of=run.as_of)
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from shared.consumer import handlers
+from shared.consumer import check_member_chain, foreign_member, handlers
 from shared.db import Unit
 from shared.events import (
     BenefitGranted,
@@ -30,6 +30,13 @@ from .store import B, BenefitsStore, Held, SqlStore, benefit_event, store_key
 from .tables import policies
 
 log = logging.getLogger(__name__)
+
+
+async def _refuse_foreign(uow: Unit, event: CloudEvent[Any], member_ids: list[str]) -> None:
+    """Refuse the event (dead-lettered) when one of its members is known in another chain than it names."""
+    known = await store_of(uow).chains_of(member_ids=member_ids)
+    for member_id in member_ids:
+        check_member_chain(event, member_id, known.get(member_id))
 
 
 def store_of(uow: Unit) -> BenefitsStore:
@@ -100,6 +107,8 @@ async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> No
     tier = await store.enrol(
         member_id=d.member_id, chain_id=event.chainid, tier=lowest, since=d.enrolled_at, birthday=d.birthday
     )
+    if tier is None:
+        raise foreign_member(event, d.member_id)
     await _sync_tier_benefits(uow, event, member_id=d.member_id, tier=tier, as_of=d.enrolled_at)
 
 
@@ -109,6 +118,7 @@ async def on_tier_changed(event: CloudEvent[TierChanged], uow: Unit) -> None:
     member_id = event.subject
     store = store_of(uow)
     if not await store.move_to_tier(member_id=member_id, chain_id=event.chainid, tier=d.to_tier, since=d.effective_at):
+        await _refuse_foreign(uow, event, [member_id])
         log.info("stale TierChanged ignored", extra={"event_id": event.id})
         return
     await store.record_tier_change(
@@ -131,6 +141,7 @@ async def on_tier_changed(event: CloudEvent[TierChanged], uow: Unit) -> None:
 async def on_referral_completed(event: CloudEvent[ReferralCompleted], uow: Unit) -> None:
     """The referrer gets a voucher (the milestone one on the 3rd referral); the referee a welcome skin check."""
     d = event.data
+    await _refuse_foreign(uow, event, [d.referrer_id, d.referee_id])
     policy = await store_of(uow).policy(chain_id=event.chainid)
     await _grant(
         uow,
@@ -156,7 +167,9 @@ async def on_purchase_recorded(event: CloudEvent[PurchaseRecorded], uow: Unit) -
     policy = await store.policy(chain_id=event.chainid)
     if d.amount_fen < policy.care_pack_min_purchase_fen:
         return  # the common case costs no query
-    if not await store.is_member(member_id=d.member_id):
+    known = await store.chains_of(member_ids=[d.member_id])
+    check_member_chain(event, d.member_id, known.get(d.member_id))
+    if d.member_id not in known:
         log.warning("purchase of a member this service does not know; no care pack", extra={"event_id": event.id})
         return
     purchase = domain.LargePurchase(purchase_id=d.purchase_id, amount_fen=d.amount_fen, occurred_at=d.occurred_at)
@@ -169,7 +182,9 @@ async def on_purchase_recorded(event: CloudEvent[PurchaseRecorded], uow: Unit) -
 
 
 async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
-    """Entitlements and redemptions stay (pseudonymous); the birthday, personal data, goes."""
+    """Entitlements and redemptions stay (pseudonymous); the birthday, personal data, goes. Another
+    chain's member is refused (dead-lettered): a forged erasure changes nothing."""
+    await _refuse_foreign(uow, event, [event.data.member_id])
     await store_of(uow).forget_birthday(member_id=event.data.member_id)
 
 

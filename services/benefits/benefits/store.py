@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import UnitOfWork
@@ -93,18 +93,20 @@ class BenefitsStore(abc.ABC):
         """The chain's time zone: tier-years begin on its local dates."""
 
     @abc.abstractmethod
-    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str:
+    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str | None:
         """Know a new member as holding ``tier`` since ``since``; a member an earlier TierChanged made
-        known keeps its tier and gains the birthday. Returns the tier the member holds."""
+        known keeps its tier and gains the birthday. Returns the tier the member holds; None, changing
+        nothing, when the member is known in another chain than ``chain_id``."""
 
     @abc.abstractmethod
     async def move_to_tier(self, *, member_id: str, chain_id: str, tier: str, since: datetime) -> bool:
-        """The member holds ``tier`` since ``since``, unless the tier held is of a later time (a replay):
-        then nothing changes and the answer is False."""
+        """The member holds ``tier`` since ``since``, unless the tier held is of a later time (a replay)
+        or the member is known in another chain than ``chain_id``: then nothing changes and the answer
+        is False."""
 
     @abc.abstractmethod
-    async def is_member(self, *, member_id: str) -> bool:
-        """Whether the member is known (enrolled, or moved to a tier)."""
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        """The chain of each of ``member_ids`` this service knows (enrolled, or moved to a tier)."""
 
     @abc.abstractmethod
     async def forget_birthday(self, *, member_id: str) -> None:
@@ -169,7 +171,7 @@ class SqlStore(BenefitsStore):
     async def timezone(self, *, chain_id: str) -> tzinfo:
         return await chain_timezone(self.uow.session, chain_id)
 
-    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str:
+    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str | None:
         stmt = pg_insert(members).values(
             member_id=member_id,
             chain_id=chain_id,
@@ -178,11 +180,13 @@ class SqlStore(BenefitsStore):
             birthday=birthday,
             updated_at=self.uow.now(),
         )
-        # a row made by an earlier TierChanged keeps its tier and gains the birthday
-        held: str = await self.uow.session.scalar(
+        # a row made by an earlier TierChanged keeps its tier and gains the birthday; another chain's
+        # member is neither changed nor returned
+        held: str | None = await self.uow.session.scalar(
             stmt.on_conflict_do_update(
                 index_elements=[members.c.member_id],
                 set_={"birthday": stmt.excluded.birthday},
+                where=members.c.chain_id == stmt.excluded.chain_id,
             ).returning(members.c.tier)
         )
         return held
@@ -200,14 +204,18 @@ class SqlStore(BenefitsStore):
                     "tier_since": stmt.excluded.tier_since,
                     "updated_at": stmt.excluded.updated_at,
                 },
-                where=members.c.tier_since <= stmt.excluded.tier_since,
+                where=and_(
+                    members.c.tier_since <= stmt.excluded.tier_since, members.c.chain_id == stmt.excluded.chain_id
+                ),
             ).returning(members.c.tier)
         )
         return applied is not None
 
-    async def is_member(self, *, member_id: str) -> bool:
-        known = await self.uow.session.scalar(select(members.c.member_id).where(members.c.member_id == member_id))
-        return known is not None
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        rows = await self.uow.execute(
+            select(members.c.member_id, members.c.chain_id).where(members.c.member_id.in_(list(member_ids)))
+        )
+        return {r.member_id: r.chain_id for r in rows}
 
     async def forget_birthday(self, *, member_id: str) -> None:
         await self.uow.execute(update(members).where(members.c.member_id == member_id).values(birthday=None))

@@ -16,6 +16,7 @@ from shared.api import (
     PosOrApp,
     current_correlation_id,
     idempotent_command,
+    job_as_of,
 )
 from shared.audit import record_audit
 from shared.db import UnitOfWork
@@ -182,7 +183,7 @@ async def refund_purchase(
 async def run_referrals(ctx: CtxDep, principal: OpsKey, body: schemas.RunRequest | None = None) -> schemas.ReferralRun:
     """Complete the caller's chain's referrals that are due as of ``as_of`` (default now); the schedule
     runs the same job for every chain."""
-    as_of = (body.as_of if body and body.as_of else None) or ctx.db.clock.now()
+    as_of = job_as_of(ctx, body.as_of if body else None)
     completed = await jobs.complete_referrals(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
     result = schemas.ReferralRun(completed=completed, as_of=as_of)
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:

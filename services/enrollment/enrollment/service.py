@@ -5,7 +5,7 @@ from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
-from .handlers import HANDLERS
+from .handlers import HANDLERS, prepare
 from .jobs import complete_referrals
 from .tables import activities, consent_records, member_status, members, purchases, referrals, refunds, shared
 
@@ -30,6 +30,7 @@ SERVICE = ServiceDefinition(
     # platform administration (chains and keys) is served by enrollment (SPEC §7)
     routers=[router, admin_router(), export_router("enrollment", EXPORT)],
     handlers=HANDLERS,
+    prepare=prepare,
     schedules=[Schedule("complete-referrals", complete_referrals)],
     description="Members, referral codes, purchase and activity intake, the member status view.",
 )

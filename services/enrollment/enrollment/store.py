@@ -8,7 +8,7 @@ give an in-memory one. The API's reads of the view use the same store.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from shared.db import Unit, UnitOfWork
 
 from .domain import Doc, SnapshotColumn, StatusDocument
-from .tables import member_status
+from .tables import member_status, members
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class EnrollmentStore(abc.ABC):
     @abc.abstractmethod
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         """The member's row of the view; None before any event about them."""
+
+    @abc.abstractmethod
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        """The chain of each of ``member_ids`` enrolled here (an event naming another chain is forged)."""
 
 
 def store_of(uow: Unit) -> EnrollmentStore:
@@ -110,6 +114,12 @@ class SqlStore(EnrollmentStore):
             return None
         document = StatusDocument(tier=row.tier, progress=row.progress, points=row.points, benefits=row.benefits or {})
         return StoredStatus(document=document, updated_at=row.updated_at)
+
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        rows = await self.uow.execute(
+            select(members.c.member_id, members.c.chain_id).where(members.c.member_id.in_(list(member_ids)))
+        )
+        return {r.member_id: r.chain_id for r in rows}
 
     async def _set_status(self, member_id: str, *, insert: dict[str, Any] | None = None, **values: Any) -> None:
         """Upsert columns of the status row. ``values`` may be SQL expressions over the current row

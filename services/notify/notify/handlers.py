@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import tzinfo
 from typing import Any
 
-from shared.consumer import handlers
+from shared.consumer import check_member_chain, handlers
 from shared.crypto import ContactDetails, UnreadableSealedData, open_contact
 from shared.db import Unit
 from shared.events import (
@@ -79,6 +79,9 @@ async def queue(
     chain_id = event.chainid
     who = recipient or await store.recipient(chain_id=chain_id, member_id=member_id)
     if who.contact is None:
+        # not known in the event's chain: parked until the enrolment arrives, unless the member is
+        # known in another chain (a forged event: refused, dead-lettered)
+        check_member_chain(event, member_id, await store.chain_of(member_id=member_id))
         await _park(uow, event, member_id=member_id)
         return 0
     spec = domain.KINDS[kind]
@@ -160,6 +163,7 @@ async def _contact_details(uow: Unit, event: CloudEvent[Any], sealed: SealedCont
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
     store = store_of(uow)
+    check_member_chain(event, d.member_id, await store.chain_of(member_id=d.member_id))
     known = await store.recipient(chain_id=event.chainid, member_id=d.member_id)
     if known.contact is not None and known.contact.erased:
         return  # a redelivered enrolment of an erased member: nothing of them comes back
@@ -188,6 +192,7 @@ async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> No
 async def on_member_updated(event: CloudEvent[MemberUpdated], uow: Unit) -> None:
     d = event.data
     consents = d.consents
+    check_member_chain(event, d.member_id, await store_of(uow).chain_of(member_id=d.member_id))
     details = await _contact_details(uow, event, d.contact) or ContactDetails(name=d.name, email=d.email)
     await store_of(uow).update_contact(
         chain_id=event.chainid,
@@ -295,7 +300,9 @@ async def on_referral_completed(event: CloudEvent[ReferralCompleted], uow: Unit)
 async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
     """Forget the member: their contact becomes a tombstone, their notifications lose their text, and
     nothing is sent to them any more (a pending notification fails at delivery)."""
-    await store_of(uow).erase_member(chain_id=event.chainid, member_id=event.data.member_id, at=uow.now())
+    store = store_of(uow)
+    check_member_chain(event, event.data.member_id, await store.chain_of(member_id=event.data.member_id))
+    await store.erase_member(chain_id=event.chainid, member_id=event.data.member_id, at=uow.now())
 
 
 HANDLERS = handlers(

@@ -59,6 +59,10 @@ class NotifyStore(abc.ABC):
         """The member's contact and preferences (no contact, default preferences, when not known yet)."""
 
     @abc.abstractmethod
+    async def chain_of(self, *, member_id: str) -> str | None:
+        """The chain the member's contact is on file in; None before their enrolment arrived."""
+
+    @abc.abstractmethod
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         """Record a newly enrolled member's contact; one already recorded is kept."""
 
@@ -200,6 +204,12 @@ class SqlStore(NotifyStore):
         if row is None:
             return domain.Recipient(None, domain.Preferences())
         return domain.Recipient(contact_from_row(row), preferences_from_row(row))
+
+    async def chain_of(self, *, member_id: str) -> str | None:
+        chain: str | None = await self.uow.session.scalar(
+            select(contacts.c.chain_id).where(contacts.c.member_id == member_id)
+        )
+        return chain
 
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         await self.uow.execute(

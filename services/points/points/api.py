@@ -7,7 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from shared.api import AppKey, CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.api import (
+    AppKey,
+    CtxDep,
+    IdempotencyKey,
+    OpsKey,
+    PosOrApp,
+    current_correlation_id,
+    idempotent_command,
+    job_as_of,
+)
 from shared.audit import record_audit
 from shared.db import UnitOfWork
 from shared.service import JobRun
@@ -107,7 +116,7 @@ async def run_expiry(
     ctx: CtxDep, principal: OpsKey, body: schemas.ExpiryRunRequest | None = None
 ) -> schemas.ExpiryRunResult:
     """Run the expiry pass for the key's chain as of ``as_of`` (default now): announce, then expire (ops)."""
-    as_of = (body.as_of if body else None) or ctx.db.clock.now()
+    as_of = job_as_of(ctx, body.as_of if body else None)
     run = await jobs.expire_points(ctx, JobRun(as_of=as_of, chain_ids=(principal.chain_id,)))
     result = schemas.ExpiryRunResult(
         warned=run.warned, expired=run.expired, expired_points=run.expired_points, as_of=run.as_of

@@ -143,7 +143,9 @@ async def _record_not_awarded(
 
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
-    await store_of(uow).add_member(member_id=d.member_id, chain_id=event.chainid, enrolled_at=d.enrolled_at)
+    known = await store_of(uow).add_member(member_id=d.member_id, chain_id=event.chainid, enrolled_at=d.enrolled_at)
+    if known != event.chainid:  # an enrolment naming another chain's member: refused (dead-lettered)
+        raise UnknownMember(f"{event.type} {event.id} names member {d.member_id}, unknown in chain {event.chainid}")
 
 
 async def on_purchase_recorded(event: CloudEvent[PurchaseRecorded], uow: Unit) -> None:

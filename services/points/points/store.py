@@ -94,8 +94,9 @@ class PointsStore(abc.ABC):
     # ---- members and their wallets
 
     @abc.abstractmethod
-    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> None:
-        """Know an enrolled member (balance 0); knowing them already changes nothing."""
+    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> str:
+        """Know an enrolled member (balance 0); knowing them already changes nothing. Returns the chain
+        the member is known in (another than ``chain_id``: a forged event)."""
 
     @abc.abstractmethod
     async def locked_account(self, *, member_id: str) -> Account | None:
@@ -204,17 +205,24 @@ class SqlStore(PointsStore):
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
 
-    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> None:
-        await self.uow.execute(
-            pg_insert(members)
-            .values(
-                member_id=member_id,
-                chain_id=chain_id,
-                enrolled_at=enrolled_at,
-                balance=0,
+    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> str:
+        inserted = (
+            await self.uow.execute(
+                pg_insert(members)
+                .values(
+                    member_id=member_id,
+                    chain_id=chain_id,
+                    enrolled_at=enrolled_at,
+                    balance=0,
+                )
+                .on_conflict_do_nothing()
+                .returning(members.c.chain_id)
             )
-            .on_conflict_do_nothing()
-        )
+        ).first()
+        if inserted is not None:
+            return chain_id
+        known = await self.uow.session.scalar(select(members.c.chain_id).where(members.c.member_id == member_id))
+        return str(known)
 
     async def _member(self, member_id: str, *, lock: bool) -> Member | None:
         stmt = select(members).where(members.c.member_id == member_id)

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
-from shared.api import CtxDep, IdempotencyKey, OpsKey, PosOrApp, current_correlation_id, idempotent_command
+from shared.api import (
+    CtxDep,
+    IdempotencyKey,
+    OpsKey,
+    PosOrApp,
+    current_correlation_id,
+    idempotent_command,
+    job_as_of,
+)
 from shared.audit import record_audit
 from shared.db import UnitOfWork
 from shared.service import JobRun
@@ -87,7 +95,7 @@ async def run_reviews(
     ctx: CtxDep, principal: OpsKey, body: schemas.ReviewRunRequest | None = None
 ) -> schemas.ReviewRun:
     """Run the chain's reviews due as of ``as_of`` (default now); they also run on a schedule."""
-    run = JobRun(as_of=(body.as_of if body else None) or ctx.db.clock.now(), chain_ids=(principal.chain_id,))
+    run = JobRun(as_of=job_as_of(ctx, body.as_of if body else None), chain_ids=(principal.chain_id,))
     tally = await jobs.tier_reviews(ctx, run)
     result = schemas.ReviewRun(
         reviewed=tally.reviewed,

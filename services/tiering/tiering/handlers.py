@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.consumer import handlers
+from shared.consumer import check_member_chain, foreign_member, handlers
 from shared.db import Unit
 from shared.events import (
     CloudEvent,
@@ -167,6 +167,21 @@ async def _qualify_all(uow: Unit) -> None:
             )
 
 
+async def _lock_or_create(
+    uow: Unit, event: CloudEvent[Any], *, member_id: str, enrolled_at: datetime | None = None
+) -> Member:
+    """The member's locked record, created when unknown (a fact may overtake the enrolment); a member
+    known in another chain than the event names is a forged event, refused before anything changes."""
+    store = store_of(uow)
+    policy = await store.policy(chain_id=event.chainid)
+    member = await store.lock_or_create_member(
+        member_id=member_id, chain_id=event.chainid, policy=policy, now=uow.now(), enrolled_at=enrolled_at
+    )
+    if member is None:
+        raise foreign_member(event, member_id)
+    return member
+
+
 async def _count_fact(
     uow: Unit,
     event: CloudEvent[Any],
@@ -176,18 +191,15 @@ async def _count_fact(
     spend_fen: int = 0,
     points: int = 0,
 ) -> None:
+    member = batch_of(uow).members.get(member_id)
+    if member is None:  # not seen before (a fact ahead of the enrolment), or outside a batch
+        member = await _lock_or_create(uow, event, member_id=member_id)
+    check_member_chain(event, member_id, member.chain_id)
     fact = Fact(
         source_event_id=event.id, member_id=member_id, occurred_at=occurred_at, spend_fen=spend_fen, points=points
     )
     if not await _record_fact(uow, fact):
         return  # counted before: nothing changes
-    member = batch_of(uow).members.get(member_id)
-    if member is None:  # not seen before (a fact ahead of the enrolment), or outside a batch
-        store = store_of(uow)
-        policy = await store.policy(chain_id=event.chainid)
-        member = await store.lock_or_create_member(
-            member_id=member_id, chain_id=event.chainid, policy=policy, now=uow.now()
-        )
     _qualify_at_commit(uow, member=member, chain_id=event.chainid)
 
 
@@ -196,11 +208,7 @@ async def _count_fact(
 
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
-    store = store_of(uow)
-    policy = await store.policy(chain_id=event.chainid)
-    member = await store.lock_or_create_member(
-        member_id=d.member_id, chain_id=event.chainid, policy=policy, now=uow.now(), enrolled_at=d.enrolled_at
-    )
+    member = await _lock_or_create(uow, event, member_id=d.member_id, enrolled_at=d.enrolled_at)
     _qualify_at_commit(uow, member=member, chain_id=event.chainid)
 
 
@@ -226,8 +234,12 @@ async def on_points_changed(event: CloudEvent[PointsChanged], uow: Unit) -> None
 
 
 async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
-    """Tiers and facts are pseudonymous and stay; what operators wrote about the member goes."""
-    await store_of(uow).forget_notes(member_id=event.data.member_id)
+    """Tiers and facts are pseudonymous and stay; what operators wrote about the member goes. Another
+    chain's member is refused (dead-lettered): a forged erasure changes nothing."""
+    store = store_of(uow)
+    for member in await store.lock_members(member_ids=[event.data.member_id]):
+        check_member_chain(event, member.member_id, member.chain_id)
+    await store.forget_notes(member_id=event.data.member_id)
 
 
 HANDLERS = handlers(on_member_enrolled, on_purchase_recorded, on_purchase_refunded, on_points_changed, on_member_erased)

@@ -83,9 +83,10 @@ class TieringStore(abc.ABC):
     @abc.abstractmethod
     async def lock_or_create_member(
         self, *, member_id: str, chain_id: str, policy: Policy, now: datetime, enrolled_at: datetime | None = None
-    ) -> Member:
+    ) -> Member | None:
         """The member's record, locked; created at the policy's lowest tier if unseen. An enrolment
-        (``enrolled_at``) completes a record a fact created first, as long as its tier is unchanged."""
+        (``enrolled_at``) completes a record a fact created first, as long as its tier is unchanged.
+        None, changing nothing, when the member is known in another chain than ``chain_id``."""
 
     @abc.abstractmethod
     async def stored_facts(self, *, event_ids: Sequence[str]) -> set[str]:
@@ -187,7 +188,7 @@ class SqlStore(TieringStore):
 
     async def lock_or_create_member(
         self, *, member_id: str, chain_id: str, policy: Policy, now: datetime, enrolled_at: datetime | None = None
-    ) -> Member:
+    ) -> Member | None:
         """PointsChanged comes from another topic than MemberEnrolled, so a fact may arrive first:
         the row it creates is completed (enrolled_at, since) when the enrolment arrives, as long
         as the member has not moved tier meanwhile. ON CONFLICT DO UPDATE locks the row, which
@@ -210,8 +211,12 @@ class SqlStore(TieringStore):
                 (and_(members.c.tier == lowest, members.c.enrolled_at.is_(None)), insert.excluded.since),
                 else_=members.c.since,
             )
-        upsert = insert.on_conflict_do_update(index_elements=["member_id"], set_=set_).returning(*members.c)
-        return Member.of((await self.uow.execute(upsert)).one())
+        # a member of another chain is neither changed nor returned (the conflict's WHERE fails)
+        upsert = insert.on_conflict_do_update(
+            index_elements=["member_id"], set_=set_, where=members.c.chain_id == insert.excluded.chain_id
+        ).returning(*members.c)
+        row = (await self.uow.execute(upsert)).first()
+        return Member.of(row) if row is not None else None
 
     async def stored_facts(self, *, event_ids: Sequence[str]) -> set[str]:
         rows = await self.uow.execute(

@@ -68,8 +68,10 @@ class InMemoryStore(BenefitsStore):
     async def timezone(self, *, chain_id: str) -> tzinfo:
         return self.zones.get(chain_id, DEFAULT_TIMEZONE)
 
-    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str:
+    async def enrol(self, *, member_id: str, chain_id: str, tier: str, since: datetime, birthday: date) -> str | None:
         known = self.members.get(member_id)
+        if known is not None and known.chain_id != chain_id:
+            return None
         if known is None:
             known = self.members[member_id] = Member(member_id, chain_id, tier, since, birthday)
         else:
@@ -81,13 +83,13 @@ class InMemoryStore(BenefitsStore):
         if known is None:
             self.members[member_id] = Member(member_id, chain_id, tier, since)
             return True
-        if known.tier_since > since:
+        if known.tier_since > since or known.chain_id != chain_id:
             return False
         known.tier, known.tier_since = tier, since
         return True
 
-    async def is_member(self, *, member_id: str) -> bool:
-        return member_id in self.members
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        return {m: self.members[m].chain_id for m in member_ids if m in self.members}
 
     async def forget_birthday(self, *, member_id: str) -> None:
         known = self.members.get(member_id)

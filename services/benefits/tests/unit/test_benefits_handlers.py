@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ from benefits.handlers import (
 )
 from benefits.store import BenefitsStore
 from services.benefits.tests.unit.memory_store import InMemoryStore
-from shared.consumer import Handler
+from shared.consumer import Handler, MemberOfAnotherChain
 from shared.events import (
     BenefitGranted,
     BenefitRevoked,
@@ -362,3 +363,85 @@ async def test_an_erased_member_loses_the_birthday_and_keeps_the_entitlements() 
     assert store.members["m1"].birthday is None
     assert store.active_codes("m1") == held and held
     assert not uow.events
+
+
+async def test_an_erasure_naming_another_chains_member_is_refused_and_changes_nothing() -> None:
+    store = InMemoryStore()
+    await apply(store, on_member_enrolled, enrolment())
+    with pytest.raises(MemberOfAnotherChain):
+        await apply(store, on_member_erased, MemberErased(member_id="m1", erased_at=T0), chain_id="chain-2")
+    assert store.members["m1"].birthday == date(1990, 6, 15)
+
+
+# ---- events naming another chain's member (forged or misrouted) ---------------------------------
+
+
+def _snapshot(store: InMemoryStore) -> Any:
+    return (
+        {m: (v.chain_id, v.tier, v.tier_since, v.birthday) for m, v in store.members.items()},
+        [(r.member_id, r.chain_id, r.entitlement) for r in store.rows],
+        dict(store.changes),
+        dict(store.purchases),
+    )
+
+
+def _referral(referrer: str, referee: str) -> ReferralCompleted:
+    at = T0 + timedelta(days=2)
+    return ReferralCompleted(
+        referrer_id=referrer, referee_id=referee, purchase_id="p-9", completed_at=at, referral_count=3
+    )
+
+
+FORGED = [
+    (on_member_enrolled, lambda: enrolment("m1", T0 + timedelta(days=2)), "m1"),
+    (on_tier_changed, lambda: tier_change("silver", "diamond", T0 + timedelta(days=2)), "m1"),
+    (on_tier_changed, lambda: tier_change("silver", "member", T0 - timedelta(days=2), reason="review"), "m1"),
+    (on_purchase_recorded, lambda: purchase("p-forged", 900_000, T0 + timedelta(days=2)), "m1"),
+    (
+        on_referral_completed,
+        lambda: ReferralCompleted(
+            referrer_id="m1",
+            referee_id="m-new",
+            purchase_id="p-9",
+            completed_at=T0 + timedelta(days=2),
+            referral_count=3,
+        ),
+        "m1",
+    ),
+    (
+        on_referral_completed,
+        lambda: ReferralCompleted(
+            referrer_id="m-new",
+            referee_id="m1",
+            purchase_id="p-9",
+            completed_at=T0 + timedelta(days=2),
+            referral_count=1,
+        ),
+        "m-new",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("handler", "make", "subject"),
+    FORGED,
+    ids=["enrolment", "upgrade", "stale-change", "large-purchase", "referrer", "referee"],
+)
+async def test_an_event_naming_a_member_of_another_chain_is_refused_and_changes_nothing(
+    handler: Handler, make: Any, subject: str
+) -> None:
+    store = InMemoryStore()
+    await member_at(store, "silver")  # m1 is chain-1's
+    before = _snapshot(store)
+
+    with pytest.raises(MemberOfAnotherChain) as refused:
+        await apply(store, handler, make(), member_id=subject, chain_id="chain-forger")
+
+    assert _snapshot(store) == before
+    assert CHAIN not in str(refused.value)  # the dead letter is listed to the forger's chain
+
+
+async def test_a_tier_change_of_an_unknown_member_still_makes_them_known_in_the_events_chain() -> None:
+    store = InMemoryStore()
+    await apply(store, on_tier_changed, tier_change("member", "gold", T0), member_id="m7", chain_id="chain-2")
+    assert store.members["m7"].chain_id == "chain-2" and store.active_codes("m7") == GOLD_CODES

@@ -4,7 +4,7 @@ the rule the SQL store's upserts implement (an integration test checks that the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,6 +22,10 @@ class InMemoryStore(EnrollmentStore):
     now: Callable[[], datetime] = field(default_factory=lambda: FixedClock().now)
     #: each call of write_snapshots, as given (the SQL store makes one upsert per set of columns of a call)
     snapshot_writes: list[dict[str, dict[SnapshotColumn, Doc]]] = field(default_factory=list)
+    #: the chain of each enrolled member (``enrollment.members``); a member not here is unknown
+    member_chains: dict[str, str] = field(default_factory=dict)
+    #: each call of chains_of, as given
+    chain_lookups: list[list[str]] = field(default_factory=list)
 
     def _change(self, member_id: str, change: domain.Change) -> None:
         self.rows[member_id] = domain.apply(self.rows.get(member_id), change)
@@ -45,3 +49,7 @@ class InMemoryStore(EnrollmentStore):
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         document = self.rows.get(member_id)
         return StoredStatus(document=document, updated_at=self.updated_at[member_id]) if document is not None else None
+
+    async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
+        self.chain_lookups.append(list(member_ids))
+        return {m: self.member_chains[m] for m in member_ids if m in self.member_chains}

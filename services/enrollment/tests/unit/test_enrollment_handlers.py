@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
 
 from enrollment.domain import StatusDocument
 from enrollment.handlers import (
@@ -16,10 +19,12 @@ from enrollment.handlers import (
     on_tier_changed,
     on_tier_progress_changed,
     on_tier_snapshot,
+    prepare,
 )
 from enrollment.store import EnrollmentStore
 from enrollment.tables import policies
 from services.enrollment.tests.unit.memory_store import InMemoryStore
+from shared.consumer import MemberOfAnotherChain
 from shared.events import (
     BenefitGranted,
     BenefitRedeemed,
@@ -332,3 +337,74 @@ async def test_a_benefits_snapshot_keeps_its_place_among_grants_and_revocations_
     await on_benefit_revoked(event(BenefitRevoked(benefit_id="b2", code="care_pack"), member_id="m1"), uow)
     await uow.commit()
     assert list(store.rows["m1"].benefits) == ["b3"]
+
+
+# ---- events naming another chain's member (forged or misrouted) ---------------------------------
+
+VIEW_EVENTS: list[tuple[Any, EventData]] = [
+    (on_points_changed, points(999_999)),
+    (
+        on_tier_changed,
+        TierChanged(
+            from_tier="member", to_tier="diamond", direction="up", reason="qualified", policy_version=1, effective_at=AT
+        ),
+    ),
+    (
+        on_tier_progress_changed,
+        TierProgressChanged(
+            tier="diamond", next_tier=None, spend_fen=1, spend_needed_fen=0, points=1, points_needed=0, policy_version=1
+        ),
+    ),
+    (on_benefit_granted, granted("b-forged")),
+    (
+        on_benefit_redeemed,
+        BenefitRedeemed(benefit_id="b-1", code="priority_booking", remaining_uses=0, valid_until=None),
+    ),
+    (on_benefit_revoked, BenefitRevoked(benefit_id="b-1", code="priority_booking", remaining_uses=0, valid_until=None)),
+    (on_points_snapshot, points_snapshot(999_999)),
+    (on_tier_snapshot, tier_snapshot("diamond")),
+    (on_benefits_snapshot, BenefitsSnapshot(benefits=[])),
+]
+
+
+@pytest.mark.parametrize(("handler", "data"), VIEW_EVENTS, ids=lambda v: getattr(v, "__name__", ""))
+async def test_a_view_event_naming_a_member_of_another_chain_is_refused_and_changes_nothing(
+    handler: Any, data: EventData
+) -> None:
+    uow, store = fresh(("m-1", StatusDocument(benefits={"b-1": {"benefit_id": "b-1", "code": "priority_booking"}})))
+    store.member_chains["m-1"] = "chain-1"
+    before = dict(store.rows)
+
+    with pytest.raises(MemberOfAnotherChain) as refused:
+        await handle(handler, event(data, member_id="m-1", chain_id="chain-forger"), uow)
+
+    assert store.rows == before and store.snapshot_writes in ([], [{}])
+    assert "chain-1" not in str(refused.value)
+
+
+async def test_a_batch_reads_the_chains_of_its_members_once_and_refuses_a_forged_event() -> None:
+    uow, store = fresh()
+    store.member_chains.update({"m-1": "chain-1", "m-2": "chain-1"})
+    batch = [
+        event(points(10), member_id="m-1", chain_id="chain-1"),
+        event(points(20), member_id="m-2", chain_id="chain-1"),
+    ]
+    await prepare(batch, uow)
+    for e in batch:
+        await HANDLERS[type(e.data)](e, uow)
+    await uow.commit()
+    assert store.chain_lookups == [["m-1", "m-2"]]
+    assert store.rows["m-2"].points is not None
+
+    forged = event(points(30), member_id="m-1", chain_id="chain-2")
+    uow2, _ = fresh()
+    uow2.provide(EnrollmentStore, store)
+    await prepare([forged], uow2)
+    with pytest.raises(MemberOfAnotherChain):
+        await HANDLERS[type(forged.data)](forged, uow2)
+
+
+async def test_an_event_about_a_member_not_enrolled_here_still_builds_the_view() -> None:
+    uow, store = fresh()
+    await handle(on_points_changed, event(points(5), member_id="m-new", chain_id="chain-9"), uow)
+    assert store.rows["m-new"].points is not None  # as before: the view does not wait for the member

@@ -80,6 +80,10 @@ class InMemoryStore(NotifyStore):
         prefs = self.preferences.get(member_id)  # joined by member only, as the SQL does
         return domain.Recipient(held[1], prefs[1] if prefs else domain.Preferences())
 
+    async def chain_of(self, *, member_id: str) -> str | None:
+        held = self.contacts.get(member_id)
+        return held[0] if held else None
+
     async def add_contact(self, *, chain_id: str, member_id: str, contact: domain.Contact, at: datetime) -> None:
         self.contacts.setdefault(member_id, (chain_id, contact))
 

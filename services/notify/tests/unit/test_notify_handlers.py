@@ -4,8 +4,10 @@ which channels, when, and what it does to the contact projection. No database, n
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from notify import domain
 from notify.handlers import (
@@ -19,8 +21,10 @@ from notify.handlers import (
 )
 from notify.store import store_key
 from services.notify.tests.unit.memory_store import InMemoryStore
+from shared.consumer import MemberOfAnotherChain
 from shared.events import (
     BenefitGranted,
+    CloudEvent,
     Consents,
     MemberEnrolled,
     MemberErased,
@@ -180,11 +184,12 @@ async def test_a_member_update_changes_only_what_it_carries() -> None:
 async def test_a_member_update_of_another_chains_member_changes_nothing() -> None:
     store = known("m1", SMS_ONLY)
     before = store.contact("m1")
-    await handle(
-        on_member_updated,
-        event(MemberUpdated(member_id="m1", name="someone else", updated_at=EVENING), chain_id="chain-2"),
-        unit(store),
-    )
+    with pytest.raises(MemberOfAnotherChain):  # refused: the consumer dead-letters it
+        await handle(
+            on_member_updated,
+            event(MemberUpdated(member_id="m1", name="someone else", updated_at=EVENING), chain_id="chain-2"),
+            unit(store),
+        )
     assert store.contact("m1") == before
 
 
@@ -398,3 +403,47 @@ async def test_an_imported_history_is_recorded_but_never_announced() -> None:
     # the member's first live event after the import is announced as usual
     await handle(on_tier_changed, event(tier_changed(to_tier="gold"), member_id="m1", chain_id=CHAIN), unit(store))
     assert [n.kind for n in store.queued("m1")] == ["tier_up", "tier_up"]
+
+
+# ---- events naming another chain's member (forged or misrouted) ---------------------------------
+
+
+def _forged_events() -> list[tuple[Any, CloudEvent[Any]]]:
+    forger = "chain-forger"
+    return [
+        (on_member_enrolled, event(enrolled("m1", marketing=True), chain_id=forger)),
+        (on_tier_changed, event(tier_changed("up"), member_id="m1", chain_id=forger)),
+        (on_benefit_granted, event(birthday_voucher(), member_id="m1", chain_id=forger)),
+        (
+            on_points_expiring,
+            event(
+                PointsExpiringSoon(points=10, expires_on=date(2025, 7, 1), lot_id="l-1"),
+                member_id="m1",
+                chain_id=forger,
+            ),
+        ),
+        (
+            on_referral_completed,
+            event(
+                ReferralCompleted(
+                    referrer_id="m1", referee_id="m9", purchase_id="p", completed_at=EVENING, referral_count=1
+                ),
+                member_id="m9",
+                chain_id=forger,
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["enrolment", "tier", "voucher", "expiring", "referral"])
+async def test_an_event_naming_a_member_of_another_chain_is_refused_not_parked_and_changes_nothing(index: int) -> None:
+    store = known("m1", EVERYTHING)  # m1 is chain-1's
+    handler, forged = _forged_events()[index]
+    before = (dict(store.contacts), dict(store.preferences))
+
+    with pytest.raises(MemberOfAnotherChain) as refused:
+        await handle(handler, forged, unit(store))
+
+    assert (dict(store.contacts), dict(store.preferences)) == before
+    assert store.notifications == [] and store.parked == []
+    assert CHAIN not in str(refused.value) and "13812345678" not in str(refused.value)

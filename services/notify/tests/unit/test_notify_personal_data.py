@@ -13,6 +13,7 @@ from notify import domain
 from notify.handlers import on_member_enrolled, on_member_erased, on_member_updated, on_tier_changed
 from notify.store import store_key
 from services.notify.tests.unit.memory_store import InMemoryStore
+from shared.consumer import MemberOfAnotherChain
 from shared.crypto import ContactDetails, new_data_key, seal_contact
 from shared.events import Consents, MemberEnrolled, MemberErased, MemberUpdated, SealedContact, TierChanged
 from shared.testing import FakeUnitOfWork, FixedClock, event, handle
@@ -144,3 +145,14 @@ async def test_an_enrolment_read_after_its_key_was_destroyed_yields_no_details()
     contact = store.contact("m1")
     assert contact is not None and (contact.name, contact.phone, contact.email) == (None, None, None)
     assert {n.channel for n in store.queued("m1", "welcome")} == {"webhook"}
+
+
+async def test_an_erasure_naming_another_chains_member_is_refused_and_changes_nothing() -> None:
+    """The attack: chain-2 publishes MemberErased for chain-1's member."""
+    store = InMemoryStore().know("m1", domain.Contact(name=NAME, phone=PHONE, consents=domain.Consents(sms=True)))
+    with pytest.raises(MemberOfAnotherChain):
+        await handle(
+            on_member_erased, event(MemberErased(member_id="m1", erased_at=EVENING), chain_id="chain-2"), unit(store)
+        )
+    contact = store.contact("m1")
+    assert contact is not None and contact.phone == PHONE and not contact.erased

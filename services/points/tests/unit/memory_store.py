@@ -53,8 +53,8 @@ class InMemoryStore(PointsStore):
 
     # ---- PointsStore
 
-    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> None:
-        self.members.setdefault(member_id, Member(member_id, chain_id, enrolled_at, 0))
+    async def add_member(self, *, member_id: str, chain_id: str, enrolled_at: datetime) -> str:
+        return self.members.setdefault(member_id, Member(member_id, chain_id, enrolled_at, 0)).chain_id
 
     def _account(self, member: Member) -> Account:
         held = sorted(

@@ -207,6 +207,15 @@ async def test_a_purchase_naming_another_chains_member_is_a_bad_event_alone_or_i
     assert store.entries == [] and store.balance("m-1") == 0
 
 
+async def test_an_enrolment_naming_another_chains_member_is_a_bad_event_and_changes_nothing() -> None:
+    store = await store_with(("m-1", LONG_AGO))
+    before = store.members["m-1"]
+    forged = event(enrolled("m-1", NOW), chain_id="other-chain")
+    with pytest.raises(UnknownMember) as refused:
+        await handle(on_member_enrolled, forged, unit_over(store))
+    assert store.members["m-1"] == before and "chain-1" not in str(refused.value)
+
+
 async def test_a_purchase_keyed_in_after_its_points_would_have_expired_earns_only_a_zero_entry_saying_why() -> None:
     store = await store_with(("m-1", LONG_AGO))
     bought_at = datetime(2023, 4, 15, 4, tzinfo=UTC)  # its points expired on 2025-04-30

@@ -72,9 +72,11 @@ class InMemoryStore(TieringStore):
 
     async def lock_or_create_member(
         self, *, member_id: str, chain_id: str, policy: Policy, now: datetime, enrolled_at: datetime | None = None
-    ) -> Member:
+    ) -> Member | None:
         lowest = domain.lowest_tier(policy).code
         held = self.members.get(member_id)
+        if held is not None and held.chain_id != chain_id:
+            return None  # known in another chain: nothing changes
         if held is None:
             member = Member(
                 member_id=member_id,

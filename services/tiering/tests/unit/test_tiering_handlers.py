@@ -12,7 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from services.tiering.tests.unit.memory_store import InMemoryStore
+from shared.consumer import MemberOfAnotherChain
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
@@ -453,6 +456,59 @@ async def test_an_erased_members_override_reason_is_forgotten_and_their_tier_kep
     member = store_of(uow).member("m-1")
     assert member.override_reason == "(erased)" and member.tier == "gold" and member.override_tier == "gold"
     assert not uow.events
+
+
+async def test_an_erasure_naming_another_chains_member_is_refused_and_changes_nothing() -> None:
+    uow = fresh(known("m-1", override_tier="gold", override_reason="VIP"))
+    forged = event(MemberErased(member_id="m-1", erased_at=NOW), chain_id="chain-2")
+    with pytest.raises(MemberOfAnotherChain):
+        await handle(on_member_erased, forged, uow)
+    assert store_of(uow).member("m-1").override_reason == "VIP"
+
+
+# ---- events naming another chain's member (forged or misrouted) ---------------------------------
+
+
+def _forged(e: CloudEvent[Any], chain_id: str = "chain-2") -> CloudEvent[Any]:
+    """The same event, naming another chain than its member's."""
+    return e.model_copy(update={"chainid": chain_id})
+
+
+def _members_of_chain_1(store: InMemoryStore) -> dict[str, Member]:
+    return dict(store.members)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: purchase("m-1", GOLD),
+        lambda: refund("m-1", 1_000_000),
+        lambda: points("m-1", 200_000),
+        lambda: enrolment("m-1", NOW),
+    ],
+    ids=["purchase", "refund", "points", "enrolment"],
+)
+async def test_an_event_naming_a_member_of_another_chain_is_refused_and_changes_nothing(make: Any) -> None:
+    store = InMemoryStore(members=[known("m-1", "silver")])
+    before = _members_of_chain_1(store)
+    forged = _forged(make())
+
+    with pytest.raises(MemberOfAnotherChain) as refused:
+        await handle(HANDLERS[type(forged.data)], forged, fresh(store=store))
+
+    assert store.members == before and store.facts == [] and store.history == []
+    assert "chain-1" not in str(refused.value)  # the dead letter is the forger's chain's to read
+    # one-by-one retry or a batch: refused the same way, before anything is written or published
+    uow = fresh(store=store)
+    with pytest.raises(MemberOfAnotherChain):
+        await apply_batch([forged], uow)
+    assert store.members == before and store.facts == [] and uow.events == []
+
+
+async def test_a_fact_of_an_unknown_member_still_creates_the_member_in_the_events_chain() -> None:
+    store = InMemoryStore()
+    await handle(on_purchase_recorded, _forged(purchase("m-9", 1_000_000), "chain-2"), fresh(store=store))
+    assert store.member("m-9").chain_id == "chain-2"  # a fact may overtake the enrolment (kept as before)
 
 
 # ---- a rebuild's snapshot of the tier ------------------------------------------------------------
