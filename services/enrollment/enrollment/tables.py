@@ -48,7 +48,7 @@ members = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # completed referrals of this member as referrer; incremented atomically (the 3rd is special)
     Column("referrals_completed", Integer, nullable=False, server_default="0"),
-    Column("erased_at", DateTime(timezone=True)),  # added by migration 0005
+    Column("erased_at", DateTime(timezone=True)),  # added by migration 0006
     UniqueConstraint("chain_id", "phone", name="members_chain_phone"),
     Index("members_referred_by", "referred_by"),  # created by migration 0002
 )

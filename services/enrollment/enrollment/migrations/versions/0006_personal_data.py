@@ -4,15 +4,15 @@ become nullable, an erased member's are NULL)
 Existing members get one history row per purpose from their current consents (source "app", policy
 version "unknown": what was agreed to before the history was kept is not known).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 S = "enrollment"
