@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 import yaml
@@ -48,6 +49,7 @@ import_app = typer.Typer(
     help="Load a chain's existing members and POS history (CSV or NDJSON), resumable.", no_args_is_help=True
 )
 rebuild_app = typer.Typer(help="Rebuild derived views from the services that own the data.", no_args_is_help=True)
+member_app = typer.Typer(help="A member's personal data (PIPL): export everything held, erase.", no_args_is_help=True)
 app.add_typer(chains_app, name="chains")
 app.add_typer(keys_app, name="keys")
 app.add_typer(dead_app, name="dead-letters")
@@ -58,6 +60,7 @@ app.add_typer(referrals_app, name="referrals")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(import_app, name="import")
 app.add_typer(rebuild_app, name="rebuild")
+app.add_typer(member_app, name="member")
 
 out = Console()
 err = Console(stderr=True)
@@ -319,6 +322,55 @@ def audit(
         return sorted(entries, key=lambda e: (e["at"], e["audit_id"]))
 
     show(run(gather), ("at", "service", "actor_name", "action", "target", "correlation_id"), title="audit")
+
+
+# ---- personal data (SPEC §8) --------------------------------------------------------------------
+
+
+def merged_export(client: Client, member_id: str) -> dict[str, Any]:
+    """The five services' exports of a member in one document; a service that holds nothing on the
+    member (404) is there as null. Enrollment not knowing the member is an error."""
+    path = f"/v1/members/{quote(member_id, safe='')}/export"
+    services: dict[str, Any] = {}
+    for s in SERVICES:
+        try:
+            services[s] = client.get(s, path)["data"]
+        except CliError as exc:
+            if s == "enrollment" or (exc.problem or {}).get("status") != 404:
+                raise
+            services[s] = None
+    return {"member_id": member_id, "exported_at": datetime.now(UTC).isoformat(), "services": services}
+
+
+@member_app.command("export")
+def member_export(
+    member_id: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (else stdout).")] = None,
+) -> None:
+    """Everything the platform holds on a member (ops key), merged from the five services into one JSON
+    document: {member_id, exported_at, services: {enrollment: {table: [rows]}, points: ..., ...}}."""
+    doc = run(lambda: merged_export(state.api(), member_id))
+    text = json.dumps(doc, ensure_ascii=False, indent=2, default=str)
+    if output is None:
+        print(text, flush=True)
+        return
+    output.write_text(text + "\n", encoding="utf-8")
+    if not state.json:
+        held = {s: sum(len(rows) for rows in (d or {}).values()) for s, d in doc["services"].items()}
+        out.print(f"{member_id}: " + ", ".join(f"{s} {n} rows" for s, n in held.items()) + f" -> {output}")
+
+
+@member_app.command("erase")
+def member_erase(
+    member_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the erasure cannot be undone.")] = False,
+) -> None:
+    """Erase a member (ops key): personal data deleted or anonymised on every service, the data key
+    destroyed; purchases and ledger entries stay under the member_id. Asks for --yes."""
+    if not yes:
+        raise typer.BadParameter("erasure cannot be undone: pass --yes")
+    path = f"/v1/members/{quote(member_id, safe='')}"
+    show(run(lambda: state.api().call("DELETE", "enrollment", path)), ("member_id", "status", "erased_at"))
 
 
 # ---- dead letters -------------------------------------------------------------------------------

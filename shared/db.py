@@ -40,6 +40,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.util import find_tables
 
 from .clock import Clock, SystemClock
+from .crypto import Keyring
 from .events import CloudEvent, D, new_event
 from .settings import Settings
 from .transport import postgres_target
@@ -236,6 +237,8 @@ class UnitOfWork(Unit):
     session: AsyncSession
     tables: ServiceTables
     shards: int
+    #: the chains' key-encryption keys (members' data keys are wrapped under them; shared.personal_data)
+    keyring: Keyring | None = None
     #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
     _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
     _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
@@ -320,13 +323,15 @@ class Database:
     sessions: async_sessionmaker[AsyncSession]
     tables: ServiceTables
     clock: Clock
+    keyring: Keyring | None = None
 
     @classmethod
     def connect(
         cls, settings: Settings, tables: ServiceTables, clock: Clock | None = None, pool_size: int | None = None
     ) -> Database:
         engine = make_engine(settings, pool_size)
-        return cls(settings, engine, make_sessionmaker(engine), tables, clock or SystemClock())
+        keyring = Keyring.from_base64(settings.pii_master_key.get_secret_value())
+        return cls(settings, engine, make_sessionmaker(engine), tables, clock or SystemClock(), keyring)
 
     @asynccontextmanager
     async def unit_of_work(
@@ -340,6 +345,7 @@ class Database:
                 session=session,
                 tables=self.tables,
                 shards=self.settings.outbox_shards,
+                keyring=self.keyring,
             )
             yield uow
             await uow.run_at_commit()

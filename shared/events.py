@@ -69,10 +69,26 @@ D = TypeVar("D", bound=EventData)
 
 
 class Consents(BaseModel):
+    """The member's current consents (the history is enrollment's: GET /v1/members/{id}/consents)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     marketing: bool = False
     sms: bool = False
     email: bool = False
+    #: added: treatment details (purchase items) may be kept (SPEC §8 sensitive personal information)
+    sensitive_data: bool = False
+
+
+class SealedContact(BaseModel):
+    """Contact details (name, phone, email) encrypted with the member's data key: AES-256-GCM,
+    ``ciphertext`` = base64(12-byte nonce || ciphertext || tag), the member id bound in as associated
+    data. The key is never on a topic (shared.personal_data); once the member is erased it is gone."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    alg: Literal["A256GCM"] = "A256GCM"
+    #: which data key opens it: ``member:<member_id>``
+    key: str
+    ciphertext: str
 
 
 class MemberEnrolled(EventData):
@@ -84,22 +100,38 @@ class MemberEnrolled(EventData):
     referred_by: str | None = None
     birthday: date
     enrolled_at: datetime
-    # added: what notify needs to reach the member (topics are internal; never logged)
+    # added, then superseded by ``contact``: events of earlier versions carry the details in clear and
+    # still decode; nothing publishes them any more (SPEC §8: minimum personal data on the wire)
     name: str | None = None
     phone: str | None = None
     email: str | None = None
     consents: Consents = Consents()
+    #: added: name, phone and email, sealed with the member's data key (what notify needs to reach them)
+    contact: SealedContact | None = None
 
 
 class MemberUpdated(EventData):
     publisher: ClassVar[str] = "enrollment"
     member_id: str
+    # superseded by ``contact`` (old events still decode; nothing publishes them in clear any more)
     name: str | None = None
     email: str | None = None
     consents: Consents | None = None
     updated_at: datetime
     #: the member removed their email (``email`` is then None): consumers forget the address
     email_removed: bool = False
+    #: added: the changed name and/or email, sealed with the member's data key
+    contact: SealedContact | None = None
+
+
+class MemberErased(EventData):
+    """Added: the member was erased (SPEC §8). Every service deletes or anonymises what it holds on the
+    member; financial records stay under the pseudonymous member_id. The member's data key is already
+    destroyed, so sealed details on topics and in dead letters can no longer be opened."""
+
+    publisher: ClassVar[str] = "enrollment"
+    member_id: str
+    erased_at: datetime
 
 
 class PurchaseItem(BaseModel):
@@ -118,7 +150,9 @@ class PurchaseRecorded(EventData):
     member_id: str
     amount_fen: int = Field(gt=0)
     occurred_at: datetime
-    items: list[PurchaseItem]
+    #: treatment items are sensitive personal information and no consumer uses them: since SPEC §8 they
+    #: stay in enrollment and the event carries an empty list (older events with items still decode)
+    items: list[PurchaseItem] = []
 
 
 class PurchaseRefunded(EventData):

@@ -78,6 +78,19 @@ key_secrets = Table(
 )
 
 
+#: the members' data keys, wrapped under their chain's KEK; deleting a row shreds the member's sealed data
+member_keys = Table(
+    "member_keys",
+    metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("chain_id", Text, nullable=False),
+    Column("wrapped_key", Text, nullable=False),
+    Column("kek_version", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("member_keys_chain", "chain_id"),
+)
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -98,6 +98,10 @@ def out_of_range(exc: BaseException) -> bool:
     return False
 
 
+class Gone(Problem):
+    status, slug, title = 410, "gone", "Gone"
+
+
 def problem_response(
     problem: Problem, request: Request | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -114,6 +118,7 @@ _STATUS_SLUGS = {
     404: "not-found",
     405: "method-not-allowed",
     409: "conflict",
+    410: "gone",
     413: "too-large",
     415: "unsupported-media-type",
     422: "validation",

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .crypto import DEV_MASTER_KEY
 from .secret_box import SecretBox, SecretsKeyError, UnsealError
 from .settings import DEVELOPMENT_SECRETS_KEY, DEVELOPMENT_WEBHOOK_SECRET, Settings
 from .transport import TransportConfigError, kafka_is_plaintext, kafka_options, postgres_target
@@ -81,6 +82,11 @@ def configuration_problems(settings: Settings) -> list[str]:
             SecretBox.from_settings(settings)
         except SecretsKeyError as exc:
             problems.append(str(exc))
+    if settings.pii_master_key.get_secret_value() == DEV_MASTER_KEY:
+        problems.append(
+            "MEMBERSHIP_PII_MASTER_KEY is the development default (members' contact details would be sealed "
+            "under a public key); set a random 32-byte key (base64) from the secret store"
+        )
     try:
         postgres_target(settings).connect_args()
         db_problem = _database_password_problem(settings)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .crypto import DEV_MASTER_KEY, decode_master_key
+
 SERVICES = ("enrollment", "points", "tiering", "benefits", "notify")
 DEFAULT_PORTS = {"enrollment": 8001, "points": 8002, "tiering": 8003, "benefits": 8004, "notify": 8005}
 
@@ -129,6 +131,11 @@ class Settings(BaseSettings):
     demo_webhook_url: str | None = None
     demo_webhook_secret: str = DEVELOPMENT_WEBHOOK_SECRET
 
+    # personal data (SPEC §8): the master key the chains' key-encryption keys derive from (HKDF), base64
+    # of 32 random bytes, from the secret store; enrollment wraps members' data keys with it, notify
+    # unwraps them (shared.personal_data). The default is the development key.
+    pii_master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, v: str) -> str:
@@ -143,6 +150,12 @@ class Settings(BaseSettings):
 
     def worker_port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_worker_port"))
+
+    @field_validator("pii_master_key")
+    @classmethod
+    def _master_key_shape(cls, v: SecretStr) -> SecretStr:
+        decode_master_key(v.get_secret_value())  # base64 of 32 bytes, or the process refuses to start
+        return v
 
     @property
     def asyncpg_dsn(self) -> str:

@@ -16,8 +16,8 @@ Each cell is one request against the running stack:
   the request itself named.
 
 Writes about one's own chain send a body with an unknown field, so they stop at validation (422) and
-change nothing; the few body-less writes (a recalculation, a key's revocation, a dead letter's re-drive)
-act on throwaway resources.
+change nothing; the few body-less writes (a recalculation, a key's revocation, a dead letter's re-drive,
+a member's erasure) act on throwaway resources.
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ CONTRACT: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/dead-letters/redrive"): {"ops"},
     ("POST", "/v1/dead-letters/{dead_letter_id}/redrive"): {"ops"},
     ("POST", "/v1/dead-letters/{dead_letter_id}/discard"): {"ops"},
+    ("GET", "/v1/members/{member_id}/export"): {"ops"},  # SPEC §8
+    ("DELETE", "/v1/members/{member_id}"): {"ops"},
 }
+#: body-less writes that would destroy the world's member act on a throwaway one (an erasure)
+THROWAWAY_MEMBER = {("DELETE", "/v1/members/{member_id}")}
 #: path parameters naming a chain's resource: another chain's is a 404
 RESOURCES = {"member_id", "purchase_id", "benefit_id", "key_id", "chain_id", "job_id", "dead_letter_id"}
 #: what a platform key may see and do of another chain (SPEC §7: chains and their keys)
@@ -142,6 +146,7 @@ class Chain:
     job_id: str
     dead_letter_id: str
     secrets: set[str]  # what of the chain must never reach another chain's caller
+    erasable_member_id: str = ""  # a throwaway member of the chain, for the erasure
 
 
 @dataclass
@@ -182,6 +187,8 @@ def _chain(api: Api, stack: Any, chain_id: str, *, pos: str, app: str, ops: str)
     eventually(lambda: api.get("notify", f"/v1/members/{member_id}/notifications", key=app).status_code == 200)
     eventually(lambda: api.get("enrollment", f"/v1/members/{member_id}/status", key=app).status_code == 200)
     throwaway = _key(api, ops, f"throwaway-{chain_id}", ["pos"])
+    erasable = api.post("enrollment", "/v1/members", {**body, "phone": "135" + str(uuid.uuid4().int)[:8]}, key=app)
+    assert erasable.status_code == 201, erasable.text
     job = api.post("tiering", "/v1/policy/recalculate", {}, key=ops)
     assert job.status_code == 202, job.text
     # a dead letter of the chain: a purchase of a member points never saw
@@ -210,6 +217,7 @@ def _chain(api: Api, stack: Any, chain_id: str, *, pos: str, app: str, ops: str)
     return Chain(
         chain_id=chain_id,
         member_id=member_id,
+        erasable_member_id=erasable.json()["member_id"],
         phone=phone,
         purchase_id=bought.json()["purchase_id"],
         benefit_id=benefits[0]["benefit_id"],
@@ -229,6 +237,7 @@ def _chain(api: Api, stack: Any, chain_id: str, *, pos: str, app: str, ops: str)
             job.json()["job_id"],
             letter["dead_letter_id"],
             poison.id,
+            erasable.json()["member_id"],
         },
     )
 
@@ -298,7 +307,10 @@ def _valid_body(route: Route, chain: Chain) -> Any:
 def _request(api: Api, route: Route, chain: Chain, own: bool, key: str | None) -> tuple[httpx.Response, str]:
     path = route.path
     for param in route.params:
-        path = path.replace("{" + param + "}", {"version": "1"}.get(param) or str(getattr(chain, param)))
+        value = {"version": "1"}.get(param) or str(getattr(chain, param))
+        if (route.method, route.path) in THROWAWAY_MEMBER and param == "member_id":
+            value = chain.erasable_member_id
+        path = path.replace("{" + param + "}", value)
     params = {"phone": chain.phone} if (route.method, route.path) == ("GET", "/v1/members") else None
     if route.path == "/v1/keys" and route.method == "GET" and not own:
         params = {"chain_id": chain.chain_id}

@@ -83,6 +83,7 @@ def production_env(settings: Settings) -> dict[str, str]:
         "MEMBERSHIP_ENV": "production",
         "MEMBERSHIP_DATABASE_URL": settings.database_url,
         "MEMBERSHIP_SECRETS_KEY": PRODUCTION_KEY,
+        "MEMBERSHIP_PII_MASTER_KEY": PRODUCTION_KEY,
         "MEMBERSHIP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "MEMBERSHIP_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "MEMBERSHIP_KAFKA_SASL_USERNAME": "membership",

@@ -22,6 +22,7 @@ STRONG_KEY = base64.b64encode(b"k" * 32).decode()
 GOOD = {
     "MEMBERSHIP_ENV": "production",
     "MEMBERSHIP_SECRETS_KEY": STRONG_KEY,
+    "MEMBERSHIP_PII_MASTER_KEY": base64.b64encode(b"p" * 32).decode(),
     "MEMBERSHIP_DATABASE_URL": "postgresql://membership:Xq7-unique-pw-91@db.internal:5432/membership",
     "MEMBERSHIP_DATABASE_SSLMODE": "require",
     "MEMBERSHIP_KAFKA_BOOTSTRAP": "kafka.internal:9093",
@@ -64,6 +65,7 @@ def test_development_checks_nothing() -> None:
 BAD_DEFAULTS = [
     ("development secrets key", {"MEMBERSHIP_SECRETS_KEY": DEVELOPMENT_SECRETS_KEY}, "MEMBERSHIP_SECRETS_KEY"),
     ("secrets key unset", {"MEMBERSHIP_SECRETS_KEY": None}, "MEMBERSHIP_SECRETS_KEY is the development default"),
+    ("development PII master key", {"MEMBERSHIP_PII_MASTER_KEY": None}, "MEMBERSHIP_PII_MASTER_KEY"),
     ("secrets key too short", {"MEMBERSHIP_SECRETS_KEY": base64.b64encode(b"short").decode()}, "32 bytes"),
     (
         "compose's database password",

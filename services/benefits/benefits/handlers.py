@@ -19,6 +19,7 @@ from shared.events import (
     BenefitRevoked,
     CloudEvent,
     MemberEnrolled,
+    MemberErased,
     PurchaseRecorded,
     ReferralCompleted,
     TierChanged,
@@ -180,8 +181,16 @@ async def on_purchase_recorded(event: CloudEvent[PurchaseRecorded], uow: Unit) -
     await _grant(uow, event, [(d.member_id, g) for g in grants])
 
 
+async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
+    """Entitlements and redemptions stay (pseudonymous); the birthday, personal data, goes. Another
+    chain's member is refused (dead-lettered): a forged erasure changes nothing."""
+    await _refuse_foreign(uow, event, [event.data.member_id])
+    await store_of(uow).forget_birthday(member_id=event.data.member_id)
+
+
 HANDLERS = handlers(
     on_member_enrolled,
+    on_member_erased,
     on_tier_changed,
     on_referral_completed,
     on_purchase_recorded,

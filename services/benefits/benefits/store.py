@@ -109,6 +109,11 @@ class BenefitsStore(abc.ABC):
         """The chain of each of ``member_ids`` this service knows (enrolled, or moved to a tier)."""
 
     @abc.abstractmethod
+    async def forget_birthday(self, *, member_id: str) -> None:
+        """The member was erased: their birthday goes (no birthday voucher any more); entitlements and
+        redemptions stay under the pseudonymous member_id."""
+
+    @abc.abstractmethod
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         """Keep a tier change (once per member and effective time)."""
 
@@ -211,6 +216,9 @@ class SqlStore(BenefitsStore):
             select(members.c.member_id, members.c.chain_id).where(members.c.member_id.in_(list(member_ids)))
         )
         return {r.member_id: r.chain_id for r in rows}
+
+    async def forget_birthday(self, *, member_id: str) -> None:
+        await self.uow.execute(update(members).where(members.c.member_id == member_id).values(birthday=None))
 
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         await self.uow.execute(

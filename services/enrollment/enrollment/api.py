@@ -41,7 +41,9 @@ async def enrol_member(
         key=idempotency_key,
         body=body.model_dump(mode="json"),
         status=201,
-        run=lambda uow: commands.enrol(uow, chain_id=principal.chain_id, req=body),
+        run=lambda uow: commands.enrol(
+            uow, chain_id=principal.chain_id, req=body, consent_source=commands.consent_source_of(principal)
+        ),
     )
 
 
@@ -81,9 +83,30 @@ async def patch_member(
 ) -> schemas.MemberProfile:
     """Change name, email or consents."""
     async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
-        row = await commands.update_member(uow, chain_id=principal.chain_id, member_id=member_id, patch=body)
+        row = await commands.update_member(
+            uow,
+            chain_id=principal.chain_id,
+            member_id=member_id,
+            patch=body,
+            consent_source=commands.consent_source_of(principal),
+        )
         # the answer is built before the commit: if it fails, the change rolls back with it
         return queries.profile(row, reveal_phone=principal.is_ops)
+
+
+@router.get("/members/{member_id}/consents", response_model=schemas.ConsentHistory)
+async def member_consents(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.ConsentHistory:
+    """The member's consents and their history (purpose, granted or withdrawn, when, where, policy version)."""
+    async with ctx.db.unit_of_work() as uow:
+        return await queries.consents_of(uow, chain_id=principal.chain_id, member_id=member_id)
+
+
+@router.delete("/members/{member_id}", status_code=202, response_model=schemas.ErasureAccepted)
+async def erase_member(member_id: str, ctx: CtxDep, principal: OpsKey) -> schemas.ErasureAccepted:
+    """Erase a member (SPEC §8): personal data deleted or anonymised on every service, the data key
+    destroyed; financial records stay under the member_id. 410 when already erased."""
+    async with ctx.db.unit_of_work(correlation_id=current_correlation_id()) as uow:
+        return await commands.erase_member(uow, principal, member_id=member_id)
 
 
 @router.get("/members/{member_id}/status", response_model=schemas.MemberStatus)

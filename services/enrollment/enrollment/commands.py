@@ -11,32 +11,37 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, exists, literal, select, text, update
+from sqlalchemy import Row, case, delete, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from shared.api import request_hash
+from shared.audit import record_audit
+from shared.crypto import ContactDetails, seal_contact
 from shared.db import UnitOfWork
 from shared.events import (
     ActivityRecorded,
+    Consents,
     MemberEnrolled,
+    MemberErased,
     MemberUpdated,
-    PurchaseItem,
     PurchaseRecorded,
     PurchaseRefunded,
 )
+from shared.personal_data import create_data_key, data_key_of, destroy_data_key, keyring_of
+from shared.platform import Principal, chain_timezone
 from shared.problems import Conflict, Forbidden, InvalidRequest, NotFound
 
 from . import domain, schemas
 from .queries import find_by_phone, get_member
-from .tables import activities, members, policies, purchases, referrals, refunds
+from .tables import activities, consent_records, members, policies, purchases, referrals, refunds
 
 
 async def _referrer_for(uow: UnitOfWork, *, chain_id: str, code: str, phone: str) -> str:
     row = (
         await uow.execute(
             select(members.c.member_id, members.c.chain_id, members.c.phone).where(
-                members.c.referral_code == code.upper()
+                members.c.referral_code == code.upper(), members.c.erased_at.is_(None)
             )
         )
     ).first()
@@ -62,8 +67,24 @@ async def enrol(
     req: schemas.EnrolRequest,
     member_id: str | None = None,
     enrolled_at: datetime | None = None,
+    consent_source: str = "app",
 ) -> schemas.EnrolResponse:
-    """Enrol a member. An import gives the ``member_id`` and ``enrolled_at`` the member already has."""
+    """Enrol a member. An import gives the ``member_id`` and ``enrolled_at`` the member already has.
+
+    The member's contact details go on the wire sealed with their new data key (SPEC §8); their
+    consents start the consent history; a member under 14 needs ``guardian_consent``."""
+    tz = await chain_timezone(uow.session, chain_id)
+    if domain.needs_guardian_consent(req.birthday, uow.now().astimezone(tz).date()) and not req.guardian_consent:
+        raise InvalidRequest(
+            f"A member under {domain.GUARDIAN_AGE} may only be enrolled with a guardian's consent.",
+            errors=[
+                {
+                    "location": ["body", "guardian_consent"],
+                    "message": f"must be true for a member under {domain.GUARDIAN_AGE}",
+                    "type": "value_error",
+                }
+            ],
+        )
     referred_by = None
     if req.referral_code:
         referred_by = await _referrer_for(uow, chain_id=chain_id, code=req.referral_code, phone=req.phone)
@@ -104,6 +125,21 @@ async def enrol(
         await uow.execute(
             referrals.insert().values(referee_id=member_id, referrer_id=referred_by, chain_id=chain_id, created_at=now)
         )
+    changes = domain.consent_changes(None, req.consents.model_dump())
+    if req.guardian_consent:
+        changes.append(("guardian", True))
+    await _record_consents(
+        uow,
+        chain_id=chain_id,
+        member_id=member_id,
+        changes=changes,
+        source=req.consent_source or consent_source,
+        policy_version=req.privacy_policy_version,
+    )
+    data_key = await create_data_key(uow.session, keyring_of(uow), chain_id=chain_id, member_id=member_id)
+    sealed = seal_contact(
+        data_key, ContactDetails(name=req.name, phone=req.phone, email=req.email), member_id=member_id
+    )
     uow.publish(
         MemberEnrolled(
             member_id=member_id,
@@ -113,10 +149,8 @@ async def enrol(
             referred_by=referred_by,
             birthday=req.birthday,
             enrolled_at=enrolled_at or now,
-            name=req.name,
-            phone=req.phone,
-            email=req.email,
             consents=req.consents,
+            contact=sealed,
         ),
         member_id=member_id,
         chain_id=chain_id,
@@ -127,22 +161,45 @@ async def enrol(
     )
 
 
-async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch: schemas.MemberPatch) -> Row[Any]:
-    await get_member(uow, chain_id=chain_id, member_id=member_id, lock=True)
-    values: dict[str, Any] = patch.model_dump(exclude_unset=True)
-    if patch.consents is not None:  # every consent, not only those the client sent
-        values["consents"] = patch.consents.model_dump()
+async def update_member(
+    uow: UnitOfWork, *, chain_id: str, member_id: str, patch: schemas.MemberPatch, consent_source: str = "app"
+) -> Row[Any]:
+    """Change name, email or consents. Changed consents extend the history; a withdrawn
+    ``sensitive_data`` consent strips the treatment details off the member's purchases at once; a
+    changed name or email goes on the wire sealed with the member's data key."""
+    before = await get_member(uow, chain_id=chain_id, member_id=member_id, lock=True)
+    values: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"consent_source", "privacy_policy_version"})
+    was = Consents(**before.consents)
+    # consents not sent keep their answer: a withdrawal is always explicit (it goes into the history)
+    consents = was.model_copy(update=patch.consents.model_dump(exclude_unset=True)) if patch.consents else None
+    if consents is not None:
+        values["consents"] = consents.model_dump()
     if not values:
         raise InvalidRequest("Nothing to change: send name, email or consents.")
     now = uow.now()
     await uow.execute(update(members).where(members.c.member_id == member_id).values(**values, updated_at=now))
+    if consents is not None:
+        await _record_consents(
+            uow,
+            chain_id=chain_id,
+            member_id=member_id,
+            changes=domain.consent_changes(was.model_dump(), consents.model_dump()),
+            source=patch.consent_source or consent_source,
+            policy_version=patch.privacy_policy_version,
+        )
+        if was.sensitive_data and not consents.sensitive_data:
+            await _strip_treatment_details(uow, member_id=member_id)
+    sealed = None
+    if patch.name is not None or patch.email is not None:
+        data_key = await data_key_of(uow.session, keyring_of(uow), chain_id=chain_id, member_id=member_id)
+        if data_key is not None:
+            sealed = seal_contact(data_key, ContactDetails(name=patch.name, email=patch.email), member_id=member_id)
     uow.publish(
         MemberUpdated(
             member_id=member_id,
-            name=patch.name,
-            email=patch.email,
-            consents=patch.consents,
+            consents=consents,
             updated_at=now,
+            contact=sealed,
             email_removed=patch.removes_email,
         ),
         member_id=member_id,
@@ -150,6 +207,94 @@ async def update_member(uow: UnitOfWork, *, chain_id: str, member_id: str, patch
         time=now,
     )
     return await get_member(uow, chain_id=chain_id, member_id=member_id)
+
+
+async def _record_consents(
+    uow: UnitOfWork,
+    *,
+    chain_id: str,
+    member_id: str,
+    changes: list[tuple[str, bool]],
+    source: str,
+    policy_version: str,
+) -> None:
+    if not changes:
+        return
+    at = uow.now()
+    await uow.execute(
+        consent_records.insert(),
+        [
+            {
+                "member_id": member_id,
+                "chain_id": chain_id,
+                "purpose": purpose,
+                "granted": granted,
+                "at": at,
+                "source": source,
+                "policy_version": policy_version,
+            }
+            for purpose, granted in changes
+        ],
+    )
+
+
+#: the items of a purchase without what was bought (domain.treatment_details without consent), in SQL
+_AMOUNTS_ONLY = text(
+    "coalesce((SELECT jsonb_agg(jsonb_build_object('amount_fen', i->'amount_fen', 'qty', i->'qty'))"
+    " FROM jsonb_array_elements(enrollment.purchases.items) AS i), '[]'::jsonb)"
+)
+
+
+async def _strip_treatment_details(uow: UnitOfWork, *, member_id: str) -> None:
+    await uow.execute(update(purchases).where(purchases.c.member_id == member_id).values(items=_AMOUNTS_ONLY))
+
+
+def consent_source_of(principal: Principal) -> str:
+    """Where consents given through this key were given: at a clinic (a POS or clinic-bound key), else the app."""
+    return "clinic" if principal.clinic_id is not None or "pos" in principal.scopes else "app"
+
+
+async def erase_member(uow: UnitOfWork, principal: Principal, *, member_id: str) -> schemas.ErasureAccepted:
+    """Erase a member (SPEC §8): their data key is destroyed (whatever was sealed with it, on topics, in
+    dead letters, in backups, can no longer be opened), their personal columns are cleared, their
+    purchases keep the amounts and lose what was bought, and MemberErased tells the other services to
+    do the same with theirs. Financial records stay under the pseudonymous member_id. Audited."""
+    chain_id = principal.chain_id
+    row = await get_member(uow, chain_id=chain_id, member_id=member_id, lock=True)
+    now = uow.now()
+    await destroy_data_key(uow.session, chain_id=chain_id, member_id=member_id)
+    await uow.execute(
+        update(members)
+        .where(members.c.member_id == member_id)
+        .values(phone=None, name=None, email=None, birthday=None, erased_at=now, updated_at=now)
+    )
+    await _strip_treatment_details(uow, member_id=member_id)
+    await uow.execute(
+        update(referrals)
+        .where(referrals.c.referee_id == member_id, referrals.c.status == "pending")
+        .values(status="cancelled")
+    )
+    # rows relayed by versions that published contact details in clear: the topics' copies expire with
+    # the topics' retention, the outbox's go now (unpublished rows stay: their consumers need them)
+    outbox = uow.tables.outbox
+    await uow.execute(
+        delete(outbox).where(
+            outbox.c.key == member_id,
+            outbox.c.published_at.is_not(None),
+            outbox.c.event_type.in_(["MemberEnrolled", "MemberUpdated"]),
+        )
+    )
+    uow.publish(MemberErased(member_id=member_id, erased_at=now), member_id=member_id, chain_id=chain_id, time=now)
+    accepted = schemas.ErasureAccepted(member_id=member_id, erased_at=now)
+    await record_audit(
+        uow,
+        principal,
+        action="member.erase",
+        target=f"member:{member_id}",
+        before={"member_no": row.member_no, "enrolled_at": row.enrolled_at.isoformat()},
+        after=accepted,
+    )
+    return accepted
 
 
 def _reject_future(uow: UnitOfWork, when: datetime, field: str) -> None:
@@ -162,7 +307,9 @@ def _reject_future(uow: UnitOfWork, when: datetime, field: str) -> None:
 
 async def _member_in_chain(uow: UnitOfWork, *, chain_id: str, member_id: str) -> None:
     found = await uow.session.scalar(
-        select(members.c.member_id).where(members.c.member_id == member_id, members.c.chain_id == chain_id)
+        select(members.c.member_id).where(
+            members.c.member_id == member_id, members.c.chain_id == chain_id, members.c.erased_at.is_(None)
+        )
     )
     if found is None:
         raise InvalidRequest(
@@ -185,8 +332,11 @@ async def implausible_amount(uow: UnitOfWork, *, chain_id: str, amount_fen: int)
     )
 
 
-def purchase_row(chain_id: str, req: schemas.PurchaseRequest, purchase_id: str) -> dict[str, Any]:
-    """The purchases row of a request (its hash tells a retry from a different body under one key)."""
+def purchase_row(
+    chain_id: str, req: schemas.PurchaseRequest, purchase_id: str, *, sensitive_consent: bool
+) -> dict[str, Any]:
+    """The purchases row of a request (its hash tells a retry from a different body under one key); the
+    items keep what was bought only with the member's ``sensitive_data`` consent."""
     return {
         "purchase_id": purchase_id,
         "chain_id": chain_id,
@@ -196,12 +346,14 @@ def purchase_row(chain_id: str, req: schemas.PurchaseRequest, purchase_id: str) 
         "amount_fen": req.amount_fen,
         "currency": req.currency,
         "occurred_at": req.occurred_at,
-        "items": [i.model_dump() for i in req.items],
+        "items": domain.treatment_details([i.model_dump() for i in req.items], sensitive_consent=sensitive_consent),
         "request_hash": request_hash(req.model_dump(mode="json")),
     }
 
 
 def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> PurchaseRecorded:
+    """The event of a recorded purchase. The items stay in enrollment: no consumer uses them, and what
+    was bought is sensitive personal information (SPEC §8)."""
     return PurchaseRecorded(
         purchase_id=purchase_id,
         pos_txn_id=req.pos_txn_id,
@@ -209,7 +361,6 @@ def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> Purchas
         member_id=req.member_id,
         amount_fen=req.amount_fen,
         occurred_at=req.occurred_at,
-        items=[PurchaseItem(**i.model_dump()) for i in req.items],
     )
 
 
@@ -218,23 +369,32 @@ async def record_purchase(
 ) -> tuple[bool, schemas.PurchaseAccepted]:
     """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
 
-    The common case is one statement: insert the purchase if its member is in the chain and the
-    (clinic, pos_txn_id) is new. Only when nothing was inserted does a second read tell a retry
-    (same body: the recorded purchase; another body: 409) from an unknown member (422)."""
+    The common case is one statement: insert the purchase if its member is in the chain (and not
+    erased) and the (clinic, pos_txn_id) is new, keeping what was bought only with the member's
+    ``sensitive_data`` consent. Only when nothing was inserted does a second read tell a retry (same
+    body: the recorded purchase; another body: 409) from an unknown member (422)."""
     _reject_future(uow, req.occurred_at, "occurred_at")
     refused = await implausible_amount(uow, chain_id=chain_id, amount_fen=req.amount_fen)
     if refused is not None:
         raise refused
     purchase_id = str(uuid.uuid4())
-    row = purchase_row(chain_id, req, purchase_id)
+    row = purchase_row(chain_id, req, purchase_id, sensitive_consent=True)
     digest = row["request_hash"]
-    member_in_chain = exists().where(members.c.member_id == req.member_id, members.c.chain_id == chain_id)
+    items = row.pop("items")
+    kept_items = case(
+        (members.c.consents["sensitive_data"].as_boolean(), literal(items, purchases.c["items"].type)),
+        else_=literal(domain.treatment_details(items, sensitive_consent=False), purchases.c["items"].type),
+    )
     inserted = (
         await uow.execute(
             pg_insert(purchases)
             .from_select(
-                list(row),
-                select(*[literal(v, purchases.c[k].type) for k, v in row.items()]).where(member_in_chain),
+                [*row, "items"],
+                select(*[literal(v, purchases.c[k].type) for k, v in row.items()], kept_items).where(
+                    members.c.member_id == req.member_id,
+                    members.c.chain_id == chain_id,
+                    members.c.erased_at.is_(None),
+                ),
             )
             .on_conflict_do_nothing()
             .returning(purchases.c.purchase_id)

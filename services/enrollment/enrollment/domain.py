@@ -397,3 +397,40 @@ def status_as_of(document: StatusDocument | None, *, enrolled_at: datetime, now:
         key=lambda b: (b["code"], b["benefit_id"]),
     )
     return StatusView(tier=tier, progress=progress, points=points, expiring=expiring, benefits=benefits)
+
+
+# ---- personal data (SPEC §8) --------------------------------------------------------------------
+
+#: below this age a member's enrolment needs a guardian's consent
+GUARDIAN_AGE = 14
+#: the purposes a member consents to, as in the consent history (``guardian``: a guardian consented
+#: to the enrolment of a member under 14)
+CONSENT_PURPOSES = ("marketing", "sms", "email", "sensitive_data")
+
+
+def age_on(birthday: date, today: date) -> int:
+    """Whole years from ``birthday`` to ``today`` (a 29 February birthday counts on 1 March)."""
+    years = today.year - birthday.year
+    return years - 1 if (today.month, today.day) < (birthday.month, birthday.day) else years
+
+
+def needs_guardian_consent(birthday: date, today: date) -> bool:
+    return age_on(birthday, today) < GUARDIAN_AGE
+
+
+def consent_changes(before: Mapping[str, bool] | None, after: Mapping[str, bool]) -> list[tuple[str, bool]]:
+    """The history rows a change of consents makes, as (purpose, granted): at enrolment (``before``
+    None) one per purpose, granted or not; afterwards one per purpose whose answer changed."""
+    return [
+        (purpose, bool(after.get(purpose, False)))
+        for purpose in CONSENT_PURPOSES
+        if before is None or bool(before.get(purpose, False)) != bool(after.get(purpose, False))
+    ]
+
+
+def treatment_details(items: Iterable[Mapping[str, Any]], *, sensitive_consent: bool) -> list[dict[str, Any]]:
+    """What enrollment keeps of a purchase's items: everything with the member's ``sensitive_data``
+    consent; without it only the amounts (what was bought is sensitive personal information)."""
+    if sensitive_consent:
+        return [dict(i) for i in items]
+    return [{"amount_fen": i["amount_fen"], "qty": i["qty"]} for i in items]

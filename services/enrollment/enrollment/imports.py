@@ -97,6 +97,7 @@ async def import_members(uow: UnitOfWork, *, chain_id: str, items: list[dict[str
             req=schemas.EnrolRequest.model_validate(item.model_dump(exclude={"member_id", "enrolled_at"})),
             member_id=item.member_id,
             enrolled_at=item.enrolled_at,
+            consent_source="clinic",  # a chain's own records (an item may say otherwise)
         )
         return "created", enrolled.member_id
 
@@ -124,22 +125,24 @@ async def import_purchases(uow: UnitOfWork, *, chain_id: str, items: list[dict[s
             results[index] = _rejected(index, refused)
             continue
         valid[index] = item
-    known = set(
-        (
-            await uow.execute(
-                select(members.c.member_id).where(
-                    members.c.chain_id == chain_id, members.c.member_id.in_({i.member_id for i in valid.values()})
-                )
+    # the batch's members in the chain (not erased), and whether each consents to keeping treatment details
+    known: dict[str, bool] = {
+        r.member_id: bool(r.sensitive)
+        for r in await uow.execute(
+            select(members.c.member_id, members.c.consents["sensitive_data"].as_boolean().label("sensitive")).where(
+                members.c.chain_id == chain_id,
+                members.c.member_id.in_({i.member_id for i in valid.values()}),
+                members.c.erased_at.is_(None),
             )
-        ).scalars()
-    )
+        )
+    }
     rows: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # the first of the batch per (clinic, txn)
     repeats: list[tuple[int, dict[str, Any]]] = []
     for index, item in valid.items():
         if item.member_id not in known:
             results[index] = _rejected(index, UNKNOWN_MEMBER)
             continue
-        row = commands.purchase_row(chain_id, item, str(uuid.uuid4()))
+        row = commands.purchase_row(chain_id, item, str(uuid.uuid4()), sensitive_consent=known[item.member_id])
         key = (item.clinic_id, item.pos_txn_id)
         if key in rows:
             repeats.append((index, row))

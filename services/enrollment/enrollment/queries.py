@@ -13,11 +13,11 @@ from sqlalchemy import Row, select
 from shared.db import UnitOfWork
 from shared.events import Consents
 from shared.observability import mask_phone
-from shared.problems import NotFound
+from shared.problems import Gone, NotFound
 
 from . import domain, schemas
 from .store import store_of
-from .tables import members, referrals
+from .tables import consent_records, members, referrals
 
 
 def profile(row: Row[Any], *, reveal_phone: bool, referral_status: str | None = None) -> schemas.MemberProfile:
@@ -45,11 +45,36 @@ async def referral_status_of(uow: UnitOfWork, *, member_id: str) -> str | None:
 
 
 async def get_member(uow: UnitOfWork, *, chain_id: str, member_id: str, lock: bool = False) -> Row[Any]:
+    """The member's row; 404 for no such member in the chain, 410 for an erased one."""
     stmt = select(members).where(members.c.member_id == member_id, members.c.chain_id == chain_id)
     row: Row[Any] | None = (await uow.execute(stmt.with_for_update() if lock else stmt)).first()
     if row is None:
         raise NotFound("No such member.")
+    if row.erased_at is not None:
+        raise Gone("This member was erased.", member_id=member_id, erased_at=row.erased_at.isoformat())
     return row
+
+
+async def consents_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.ConsentHistory:
+    """The member's current consents and their history, oldest first."""
+    row = await get_member(uow, chain_id=chain_id, member_id=member_id)
+    records = (
+        await uow.execute(
+            select(consent_records)
+            .where(consent_records.c.member_id == member_id, consent_records.c.chain_id == chain_id)
+            .order_by(consent_records.c.seq)
+        )
+    ).all()
+    return schemas.ConsentHistory(
+        member_id=member_id,
+        consents=Consents(**row.consents),
+        items=[
+            schemas.ConsentRecord(
+                purpose=r.purpose, granted=r.granted, at=r.at, source=r.source, policy_version=r.policy_version
+            )
+            for r in records
+        ],
+    )
 
 
 async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[Row[Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, field_validator, model_validator
 
 from shared import phones
 from shared.events import Consents
@@ -18,6 +18,8 @@ def normalize_phone(raw: str) -> str:
 
 
 Id = Field(min_length=1, max_length=100)
+ConsentSource = Literal["clinic", "app"]
+PolicyVersion = Field("1", min_length=1, max_length=40, pattern=r"^[\w.\-]+$")
 
 
 class EnrolRequest(Strict):
@@ -29,6 +31,13 @@ class EnrolRequest(Strict):
     referral_code: str | None = Field(None, max_length=40)
     consents: Consents = Consents()
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    #: a member under 14 may only be enrolled with a guardian's consent (SPEC §8): JSON true, nothing
+    #: that merely looks like it ("yes", 1)
+    guardian_consent: StrictBool = False
+    #: where the consents were given; default: "clinic" for a POS or clinic-bound key, else "app"
+    consent_source: ConsentSource | None = None
+    #: the version of the privacy policy the member was shown
+    privacy_policy_version: str = PolicyVersion
 
     _phone = field_validator("phone")(lambda cls, v: normalize_phone(v))
 
@@ -75,6 +84,8 @@ class MemberPatch(Strict):
     name: str | None = Field(None, min_length=1, max_length=100)
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     consents: Consents | None = None
+    consent_source: ConsentSource | None = None
+    privacy_policy_version: str = PolicyVersion
 
     @field_validator("name", "consents", mode="before")
     @classmethod
@@ -86,6 +97,26 @@ class MemberPatch(Strict):
     @property
     def removes_email(self) -> bool:
         return "email" in self.model_fields_set and self.email is None
+
+
+class ConsentRecord(BaseModel):
+    purpose: Literal["marketing", "sms", "email", "sensitive_data", "guardian"]
+    granted: bool
+    at: datetime
+    source: str
+    policy_version: str
+
+
+class ConsentHistory(BaseModel):
+    member_id: str
+    consents: Consents
+    items: list[ConsentRecord]
+
+
+class ErasureAccepted(BaseModel):
+    member_id: str
+    status: Literal["erased"] = "erased"
+    erased_at: datetime
 
 
 class PurchaseItemIn(Strict):

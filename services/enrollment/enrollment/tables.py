@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -31,9 +33,11 @@ members = Table(
     Column("member_id", Text, primary_key=True),
     Column("chain_id", Text, nullable=False),
     Column("member_no", Text, nullable=False, unique=True),
-    Column("phone", Text, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("birthday", Date, nullable=False),
+    # phone, name, birthday and email are NULL once the member is erased (erased_at set): the phone may
+    # then enrol again, as a new member
+    Column("phone", Text),
+    Column("name", Text),
+    Column("birthday", Date),
     Column("home_clinic_id", Text, nullable=False),
     Column("source", Text, nullable=False),
     Column("referral_code", Text, nullable=False, unique=True),
@@ -44,8 +48,24 @@ members = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # completed referrals of this member as referrer; incremented atomically (the 3rd is special)
     Column("referrals_completed", Integer, nullable=False, server_default="0"),
+    Column("erased_at", DateTime(timezone=True)),  # added by migration 0006
     UniqueConstraint("chain_id", "phone", name="members_chain_phone"),
     Index("members_referred_by", "referred_by"),  # created by migration 0002
+)
+
+# The consent history (SPEC §8): one row per purpose granted or withdrawn, never changed afterwards.
+consent_records = Table(
+    "consent_records",
+    metadata,
+    Column("seq", BigInteger, Identity(), primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Column("chain_id", Text, nullable=False),
+    Column("purpose", Text, nullable=False),  # marketing | sms | email | sensitive_data | guardian
+    Column("granted", Boolean, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),  # clinic | app
+    Column("policy_version", Text, nullable=False),  # the privacy policy the member was shown
+    Index("consent_records_member", "member_id", "seq"),
 )
 
 purchases = Table(

@@ -58,6 +58,7 @@ def _claim_due(now: datetime) -> Select[Any]:
             contacts.c.phone,
             contacts.c.email,
             contacts.c.consents,
+            contacts.c.erased_at,
             preferences.c.quiet_start,
             preferences.c.quiet_end,
             preferences.c.locale.label("preferred_locale"),

@@ -87,6 +87,8 @@ class Contact:
     phone: str | None = None
     email: str | None = None
     consents: Consents = field(default_factory=Consents)
+    #: the member was erased (SPEC §8): nothing is known of them and nothing goes to them
+    erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,10 @@ def channel_allowed(channel: Channel, contact: Contact) -> bool:
 
 def may_reach(channel: Channel, contact: Contact | None) -> bool:
     """Whether a message may go to the member over ``channel``: the chain's own backend (webhook)
-    always; SMS and email only with a known contact that consents and has the address."""
+    always, unless the member was erased; SMS and email only with a known contact that consents and
+    has the address."""
+    if contact is not None and contact.erased:
+        return False
     return channel == "webhook" or (contact is not None and channel_allowed(channel, contact))
 
 

@@ -24,14 +24,17 @@ from datetime import tzinfo
 from typing import Any
 
 from shared.consumer import check_member_chain, handlers
+from shared.crypto import ContactDetails, UnreadableSealedData, open_contact
 from shared.db import Unit
 from shared.events import (
     BenefitGranted,
     CloudEvent,
     MemberEnrolled,
+    MemberErased,
     MemberUpdated,
     PointsExpiringSoon,
     ReferralCompleted,
+    SealedContact,
     TierChanged,
     decode,
 )
@@ -141,14 +144,34 @@ async def _unpark(uow: Unit, *, member_id: str, chain_id: str) -> None:
 # ---- event handlers ---------------------------------------------------------------------------
 
 
+async def _contact_details(uow: Unit, event: CloudEvent[Any], sealed: SealedContact | None) -> ContactDetails | None:
+    """The contact details an enrollment event carries: sealed with the member's data key (None once the
+    member was erased: the key is gone, and so are the details), or in clear in events of earlier
+    versions (returned as None here; the caller reads the clear fields). A sealed contact that does
+    not open under the member's key is poison: it is dead-lettered (the error names no detail)."""
+    if sealed is None:
+        return None
+    data_key = await store_of(uow).contact_key(chain_id=event.chainid, member_id=event.subject)
+    if data_key is None:
+        return ContactDetails()
+    try:
+        return open_contact(data_key, sealed, member_id=event.subject)
+    except UnreadableSealedData as exc:
+        raise ValueError(f"{event.type} {event.id}: the sealed contact does not open: {exc}") from None
+
+
 async def on_member_enrolled(event: CloudEvent[MemberEnrolled], uow: Unit) -> None:
     d = event.data
     store = store_of(uow)
     check_member_chain(event, d.member_id, await store.chain_of(member_id=d.member_id))
+    known = await store.recipient(chain_id=event.chainid, member_id=d.member_id)
+    if known.contact is not None and known.contact.erased:
+        return  # a redelivered enrolment of an erased member: nothing of them comes back
+    details = await _contact_details(uow, event, d.contact) or ContactDetails(name=d.name, phone=d.phone, email=d.email)
     contact = domain.Contact(
-        name=d.name,
-        phone=d.phone,
-        email=d.email,
+        name=details.name,
+        phone=details.phone,
+        email=details.email,
         consents=domain.Consents(marketing=d.consents.marketing, sms=d.consents.sms, email=d.consents.email),
     )
     defaults = domain.Preferences()
@@ -170,11 +193,12 @@ async def on_member_updated(event: CloudEvent[MemberUpdated], uow: Unit) -> None
     d = event.data
     consents = d.consents
     check_member_chain(event, d.member_id, await store_of(uow).chain_of(member_id=d.member_id))
+    details = await _contact_details(uow, event, d.contact) or ContactDetails(name=d.name, email=d.email)
     await store_of(uow).update_contact(
         chain_id=event.chainid,
         member_id=d.member_id,
-        name=d.name,
-        email=d.email,
+        name=details.name,
+        email=details.email,
         consents=(
             domain.Consents(marketing=consents.marketing, sms=consents.sms, email=consents.email)
             if consents is not None
@@ -274,9 +298,18 @@ async def on_referral_completed(event: CloudEvent[ReferralCompleted], uow: Unit)
     )
 
 
+async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
+    """Forget the member: their contact becomes a tombstone, their notifications lose their text, and
+    nothing is sent to them any more (a pending notification fails at delivery)."""
+    store = store_of(uow)
+    check_member_chain(event, event.data.member_id, await store.chain_of(member_id=event.data.member_id))
+    await store.erase_member(chain_id=event.chainid, member_id=event.data.member_id, at=uow.now())
+
+
 HANDLERS = handlers(
     on_member_enrolled,
     on_member_updated,
+    on_member_erased,
     on_tier_changed,
     on_benefit_granted,
     on_points_expiring,

@@ -1,16 +1,28 @@
 """The notify service, described once for the shared runner."""
 
+from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
 from .handlers import HANDLERS
 from .jobs import Deliveries, purge_parked_events
-from .tables import shared
+from .tables import contacts, notifications, parked_events, preferences, shared
+
+#: what notify holds on a member (SPEC §8 access)
+EXPORT = ExportSource(
+    anchor=contacts,
+    rows=[
+        MemberRows("contacts", contacts),
+        MemberRows("preferences", preferences),
+        MemberRows("notifications", notifications),
+        MemberRows("parked_events", parked_events),
+    ],
+)
 
 SERVICE = ServiceDefinition(
     name="notify",
     tables=shared,
-    routers=[router],
+    routers=[router, export_router("notify", EXPORT)],
     handlers=HANDLERS,
     # due notifications are picked up within ~0.2 s; retries wait for their next_attempt_at
     schedules=[

@@ -25,6 +25,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared.db import Unit, UnitOfWork
+from shared.personal_data import data_key_of, keyring_of
 from shared.platform import chain_timezone
 
 from . import domain
@@ -103,6 +104,17 @@ class NotifyStore(abc.ABC):
     async def timezone(self, *, chain_id: str) -> tzinfo:
         """The chain's time zone (quiet hours and days are local)."""
 
+    @abc.abstractmethod
+    async def contact_key(self, *, chain_id: str, member_id: str) -> bytes | None:
+        """The member's data key (their sealed contact details open with it); None once the member was
+        erased (the key is destroyed) or when there never was one."""
+
+    @abc.abstractmethod
+    async def erase_member(self, *, chain_id: str, member_id: str, at: datetime) -> None:
+        """Forget the member (SPEC §8): the contact becomes a tombstone (no name, phone, email or
+        consent; kept so that a redelivered enrolment does not bring them back), preferences and parked
+        events go, notifications keep their delivery record but lose their text and data."""
+
 
 def store_of(uow: Unit) -> NotifyStore:
     """The transaction's store: the SQL one, unless a test provided another."""
@@ -131,8 +143,13 @@ def quiet_hours_from(start: str | None, end: str | None) -> domain.QuietHours | 
 
 
 def contact_from_row(row: Any) -> domain.Contact:
+    consents = {k: v for k, v in (row.consents or {}).items() if k in ("marketing", "sms", "email")}
     return domain.Contact(
-        name=row.name, phone=row.phone, email=row.email, consents=domain.Consents(**(row.consents or {}))
+        name=row.name,
+        phone=row.phone,
+        email=row.email,
+        consents=domain.Consents(**consents),
+        erased=getattr(row, "erased_at", None) is not None,
     )
 
 
@@ -174,6 +191,7 @@ class SqlStore(NotifyStore):
                     contacts.c.phone,
                     contacts.c.email,
                     contacts.c.consents,
+                    contacts.c.erased_at,
                     preferences_table.c.locale,
                     preferences_table.c.channels,
                     preferences_table.c.quiet_start,
@@ -240,7 +258,9 @@ class SqlStore(NotifyStore):
         if changes:
             await self.uow.execute(
                 update(contacts)
-                .where(contacts.c.member_id == member_id, contacts.c.chain_id == chain_id)
+                .where(
+                    contacts.c.member_id == member_id, contacts.c.chain_id == chain_id, contacts.c.erased_at.is_(None)
+                )
                 .values(**changes, updated_at=at)
             )
 
@@ -292,3 +312,38 @@ class SqlStore(NotifyStore):
 
     async def timezone(self, *, chain_id: str) -> tzinfo:
         return await chain_timezone(self.uow.session, chain_id)
+
+    async def contact_key(self, *, chain_id: str, member_id: str) -> bytes | None:
+        return await data_key_of(self.uow.session, keyring_of(self.uow), chain_id=chain_id, member_id=member_id)
+
+    async def erase_member(self, *, chain_id: str, member_id: str, at: datetime) -> None:
+        nothing = dataclasses.asdict(domain.Consents())
+        await self.uow.execute(
+            pg_insert(contacts)
+            .values(member_id=member_id, chain_id=chain_id, consents=nothing, updated_at=at, erased_at=at)
+            .on_conflict_do_update(
+                index_elements=[contacts.c.member_id],
+                set_={
+                    "name": None,
+                    "phone": None,
+                    "email": None,
+                    "consents": nothing,
+                    "updated_at": at,
+                    "erased_at": at,
+                },
+                where=contacts.c.chain_id == chain_id,
+            )
+        )
+        await self.uow.execute(
+            delete(preferences_table).where(
+                preferences_table.c.member_id == member_id, preferences_table.c.chain_id == chain_id
+            )
+        )
+        await self.uow.execute(
+            delete(parked_events).where(parked_events.c.member_id == member_id, parked_events.c.chain_id == chain_id)
+        )
+        await self.uow.execute(
+            update(notifications)
+            .where(notifications.c.member_id == member_id, notifications.c.chain_id == chain_id)
+            .values(title="", body="", data={}, last_error=None)
+        )

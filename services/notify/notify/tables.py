@@ -37,6 +37,8 @@ contacts = Table(
     Column("email", Text),
     Column("consents", JSONB, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # set by MemberErased (migration 0006): name, phone and email are NULL, the member gets nothing
+    Column("erased_at", DateTime(timezone=True)),
 )
 
 preferences = Table(

@@ -22,6 +22,7 @@ from shared.db import Unit
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
+    MemberErased,
     PointsChanged,
     PurchaseRecorded,
     PurchaseRefunded,
@@ -232,4 +233,13 @@ async def on_points_changed(event: CloudEvent[PointsChanged], uow: Unit) -> None
     await _count_fact(uow, event, member_id=event.subject, occurred_at=d.occurred_at or event.time, points=d.delta)
 
 
-HANDLERS = handlers(on_member_enrolled, on_purchase_recorded, on_purchase_refunded, on_points_changed)
+async def on_member_erased(event: CloudEvent[MemberErased], uow: Unit) -> None:
+    """Tiers and facts are pseudonymous and stay; what operators wrote about the member goes. Another
+    chain's member is refused (dead-lettered): a forged erasure changes nothing."""
+    store = store_of(uow)
+    for member in await store.lock_members(member_ids=[event.data.member_id]):
+        check_member_chain(event, member.member_id, member.chain_id)
+    await store.forget_notes(member_id=event.data.member_id)
+
+
+HANDLERS = handlers(on_member_enrolled, on_purchase_recorded, on_purchase_refunded, on_points_changed, on_member_erased)

@@ -113,6 +113,14 @@ class TieringStore(abc.ABC):
     ) -> Member:
         """Move the member up to ``to_tier`` (reason "qualified") with a history row; the record after it."""
 
+    @abc.abstractmethod
+    async def forget_notes(self, *, member_id: str) -> None:
+        """The member was erased: the operators' free-text notes about them (override reasons, history
+        notes) may name them, so they become ``(erased)``; tiers and their history stay (pseudonymous)."""
+
+
+ERASED_NOTE = "(erased)"
+
 
 def store_key() -> type[TieringStore]:
     """:class:`TieringStore`, the key of the transaction's store in ``uow.state``/``uow.provide``. (mypy
@@ -265,3 +273,15 @@ class SqlStore(TieringStore):
             )
         )
         return Member.of(changed)
+
+    async def forget_notes(self, *, member_id: str) -> None:
+        await self.uow.execute(
+            update(members)
+            .where(members.c.member_id == member_id, members.c.override_reason.is_not(None))
+            .values(override_reason=ERASED_NOTE)
+        )
+        await self.uow.execute(
+            update(tier_history)
+            .where(tier_history.c.member_id == member_id, tier_history.c.note.is_not(None))
+            .values(note=ERASED_NOTE)
+        )

@@ -91,6 +91,11 @@ class InMemoryStore(BenefitsStore):
     async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
         return {m: self.members[m].chain_id for m in member_ids if m in self.members}
 
+    async def forget_birthday(self, *, member_id: str) -> None:
+        known = self.members.get(member_id)
+        if known is not None:
+            known.birthday = None
+
     async def record_tier_change(self, *, member_id: str, change: domain.TierChange) -> None:
         kept = self.changes.setdefault(member_id, [])
         if all(c.effective_at != change.effective_at for c in kept):

@@ -17,7 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benefits import domain
-from benefits.handlers import on_member_enrolled, on_purchase_recorded, on_referral_completed, on_tier_changed
+from benefits.handlers import (
+    on_member_enrolled,
+    on_member_erased,
+    on_purchase_recorded,
+    on_referral_completed,
+    on_tier_changed,
+)
 from benefits.store import BenefitsStore
 from services.benefits.tests.unit.memory_store import InMemoryStore
 from shared.consumer import Handler, MemberOfAnotherChain
@@ -26,6 +32,7 @@ from shared.events import (
     BenefitRevoked,
     EventData,
     MemberEnrolled,
+    MemberErased,
     PurchaseItem,
     PurchaseRecorded,
     ReferralCompleted,
@@ -343,6 +350,27 @@ def test_whether_a_purchase_earns_a_care_pack_does_not_depend_on_where_it_arrive
     expected = [("p-1", "active")] if held in {"gold", "diamond"} else []
     assert asyncio.run(packs(min(arrives_after, len(upgrades)))) == expected
     assert asyncio.run(packs(len(upgrades))) == expected
+
+
+async def test_an_erased_member_loses_the_birthday_and_keeps_the_entitlements() -> None:
+    store = InMemoryStore()
+    await apply(store, on_member_enrolled, enrolment())
+    await apply(store, on_tier_changed, tier_change("member", "silver", T0 + timedelta(days=1)))
+    held = store.active_codes("m1")
+
+    uow = await apply(store, on_member_erased, MemberErased(member_id="m1", erased_at=T0 + timedelta(days=2)))
+
+    assert store.members["m1"].birthday is None
+    assert store.active_codes("m1") == held and held
+    assert not uow.events
+
+
+async def test_an_erasure_naming_another_chains_member_is_refused_and_changes_nothing() -> None:
+    store = InMemoryStore()
+    await apply(store, on_member_enrolled, enrolment())
+    with pytest.raises(MemberOfAnotherChain):
+        await apply(store, on_member_erased, MemberErased(member_id="m1", erased_at=T0), chain_id="chain-2")
+    assert store.members["m1"].birthday == date(1990, 6, 15)
 
 
 # ---- events naming another chain's member (forged or misrouted) ---------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from random import Random
 
 import pytest
@@ -428,3 +428,40 @@ def test_expired_benefits_drop_out_and_the_rest_are_sorted_by_code_then_id() -> 
     }
     view = status_as_of(StatusDocument(benefits=benefits), enrolled_at=ENROLLED, now=NOW)
     assert [b["benefit_id"] for b in view.benefits] == ["b1", "b2", "b3"]
+
+
+# ---- personal data (SPEC §8) --------------------------------------------------------------------
+
+
+def test_a_member_under_14_needs_a_guardians_consent_until_the_14th_birthday() -> None:
+    born = date(2012, 6, 15)
+    assert domain.needs_guardian_consent(born, date(2026, 6, 14))
+    assert not domain.needs_guardian_consent(born, date(2026, 6, 15))
+    leap = date(2012, 2, 29)
+    assert domain.needs_guardian_consent(leap, date(2026, 2, 28))
+    assert not domain.needs_guardian_consent(leap, date(2026, 3, 1))
+
+
+@given(st.dates(min_value=date(1900, 1, 1), max_value=date(2030, 1, 1)), st.integers(0, 120))
+def test_age_counts_whole_years(birthday: date, years: int) -> None:
+    try:
+        birthday_then = birthday.replace(year=birthday.year + years)
+    except ValueError:  # 29 February in a common year
+        return
+    assert domain.age_on(birthday, birthday_then) == years
+    assert domain.age_on(birthday, birthday_then - timedelta(days=1)) == years - 1
+
+
+def test_enrolment_records_every_purpose_and_a_change_only_what_changed() -> None:
+    at_enrolment = domain.consent_changes(None, {"marketing": True, "sms": True})
+    assert at_enrolment == [("marketing", True), ("sms", True), ("email", False), ("sensitive_data", False)]
+    before = {"marketing": True, "sms": True, "email": False, "sensitive_data": False}
+    after = {"marketing": False, "sms": True, "email": False, "sensitive_data": True}
+    assert domain.consent_changes(before, after) == [("marketing", False), ("sensitive_data", True)]
+    assert domain.consent_changes(before, before) == []
+
+
+def test_treatment_details_are_kept_only_with_the_sensitive_data_consent() -> None:
+    items = [{"sku": "botox", "category": "injectables", "amount_fen": 100, "qty": 2}]
+    assert domain.treatment_details(items, sensitive_consent=True) == items
+    assert domain.treatment_details(items, sensitive_consent=False) == [{"amount_fen": 100, "qty": 2}]

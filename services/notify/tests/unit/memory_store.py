@@ -32,6 +32,7 @@ class InMemoryStore(NotifyStore):
         contacts: dict[str, tuple[str, domain.Contact]] | None = None,
         preferences: dict[str, tuple[str, domain.Preferences]] | None = None,
         timezones: dict[str, tzinfo] | None = None,
+        data_keys: dict[str, bytes] | None = None,
     ) -> None:
         #: member_id -> (chain_id, contact)
         self.contacts: dict[str, tuple[str, domain.Contact]] = dict(contacts or {})
@@ -41,6 +42,8 @@ class InMemoryStore(NotifyStore):
         self.parked: list[Parked] = []
         self.timezones: dict[str, tzinfo] = dict(timezones or {})
         self.timezone_lookups = 0
+        #: member_id -> data key (enrollment's platform.member_keys, unwrapped)
+        self.data_keys: dict[str, bytes] = dict(data_keys or {})
 
     # ---- what a test sets up and reads ----
 
@@ -131,3 +134,18 @@ class InMemoryStore(NotifyStore):
     async def timezone(self, *, chain_id: str) -> tzinfo:
         self.timezone_lookups += 1
         return self.timezones.get(chain_id, DEFAULT_TIMEZONE)
+
+    async def contact_key(self, *, chain_id: str, member_id: str) -> bytes | None:
+        return self.data_keys.get(member_id)
+
+    async def erase_member(self, *, chain_id: str, member_id: str, at: datetime) -> None:
+        held = self.contacts.get(member_id)
+        if held is not None and held[0] != chain_id:
+            return
+        self.contacts[member_id] = (chain_id, domain.Contact(erased=True))
+        self.preferences.pop(member_id, None)
+        self.parked = [p for p in self.parked if not (p.member_id == member_id and p.chain_id == chain_id)]
+        self.notifications = [
+            replace(n, title="", body="", data={}) if n.member_id == member_id and n.chain_id == chain_id else n
+            for n in self.notifications
+        ]

@@ -27,6 +27,7 @@ from shared.events import (
     CloudEvent,
     Consents,
     MemberEnrolled,
+    MemberErased,
     MemberUpdated,
     PointsExpiringSoon,
     ReferralCompleted,
@@ -102,6 +103,7 @@ def test_the_handler_table_takes_every_event_notify_reacts_to() -> None:
     assert set(HANDLERS) == {
         MemberEnrolled,
         MemberUpdated,
+        MemberErased,
         TierChanged,
         BenefitGranted,
         PointsExpiringSoon,

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from shared.policy import DEFAULT_POLICY, Policy
 from tiering import domain
-from tiering.store import Fact, Member, TieringStore, Totals
+from tiering.store import ERASED_NOTE, Fact, Member, TieringStore, Totals
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,8 @@ class InMemoryStore(TieringStore):
             )
         )
         return changed
+
+    async def forget_notes(self, *, member_id: str) -> None:
+        known = self.members.get(member_id)
+        if known is not None and known.override_reason is not None:
+            self.members[member_id] = replace(known, override_reason=ERASED_NOTE)  # (history rows have no notes here)

@@ -19,6 +19,7 @@ from shared.consumer import MemberOfAnotherChain
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
+    MemberErased,
     PointsChanged,
     PurchaseItem,
     PurchaseRecorded,
@@ -32,6 +33,7 @@ from tiering import domain
 from tiering.handlers import (
     HANDLERS,
     on_member_enrolled,
+    on_member_erased,
     on_points_changed,
     on_purchase_recorded,
     on_purchase_refunded,
@@ -443,8 +445,25 @@ def test_the_consumer_table_sends_each_event_type_to_its_handler() -> None:
         PurchaseRecorded: on_purchase_recorded,
         PurchaseRefunded: on_purchase_refunded,
         PointsChanged: on_points_changed,
+        MemberErased: on_member_erased,
     }
     assert expected == HANDLERS
+
+
+async def test_an_erased_members_override_reason_is_forgotten_and_their_tier_kept() -> None:
+    uow = fresh(known("m-1", tier="gold", override_tier="gold", override_reason="VIP complaint of 李女士"))
+    await handle(on_member_erased, event(MemberErased(member_id="m-1", erased_at=NOW), chain_id=CHAIN), uow)
+    member = store_of(uow).member("m-1")
+    assert member.override_reason == "(erased)" and member.tier == "gold" and member.override_tier == "gold"
+    assert not uow.events
+
+
+async def test_an_erasure_naming_another_chains_member_is_refused_and_changes_nothing() -> None:
+    uow = fresh(known("m-1", override_tier="gold", override_reason="VIP"))
+    forged = event(MemberErased(member_id="m-1", erased_at=NOW), chain_id="chain-2")
+    with pytest.raises(MemberOfAnotherChain):
+        await handle(on_member_erased, forged, uow)
+    assert store_of(uow).member("m-1").override_reason == "VIP"
 
 
 # ---- events naming another chain's member (forged or misrouted) ---------------------------------
