@@ -246,6 +246,7 @@ PROBLEM_RESPONSES: dict[int, str] = {
     403: "The key lacks the scope, or is bound to another clinic",
     404: "Not found (another chain's data is not found either)",
     409: "Conflict with the current state, or an Idempotency-Key reused with another body",
+    410: "The member was erased (SPEC §8)",
     413: "Request body too large",
     422: "Validation failed (`errors[]` lists each field)",
     429: "Rate limit of the key exceeded (see Retry-After)",

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from devstack.stack import Stack
 from shared.crypto import Keyring, UnreadableSealedData, open_contact
 from shared.events import MemberEnrolled, MemberUpdated, SealedContact, UndecodableEvent, decode
+from shared.phones import normalize_phone
 from tests.e2e.test_membershipctl import ctl, ctl_json
 from tests.helpers import APP, OPS, Api, WebhookReceiver, eventually, is_problem, publish_events
 
@@ -34,7 +35,8 @@ def sms_to(stack: Stack, phone: str) -> list[dict[str, Any]]:
     sink = stack.data_dir / "sink" / "sms.jsonl"
     if not sink.exists():
         return []
-    return [doc for line in sink.read_text().splitlines() if (doc := json.loads(line)).get("to") == phone]
+    e164 = normalize_phone(phone)  # what the platform stores and sends to
+    return [doc for line in sink.read_text().splitlines() if (doc := json.loads(line)).get("to") == e164]
 
 
 def notifications(api: Api, member_id: str, kind: str) -> list[dict[str, Any]]:
@@ -95,8 +97,8 @@ def test_membershipctl_merges_the_five_exports_into_one_document(api: Api, stack
 
     doc = eventually(everywhere, timeout=60)
     assert doc["member_id"] == mid and set(doc["services"]) == {"enrollment", "points", "tiering", "benefits", "notify"}
-    assert doc["services"]["enrollment"]["members"][0]["phone"] == phone
-    assert doc["services"]["notify"]["contacts"][0]["phone"] == phone
+    assert doc["services"]["enrollment"]["members"][0]["phone"] == normalize_phone(phone)
+    assert doc["services"]["notify"]["contacts"][0]["phone"] == normalize_phone(phone)
     assert doc["services"]["points"]["entries"][0]["member_id"] == mid
 
     out = tmp_path / "export.json"

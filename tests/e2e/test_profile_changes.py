@@ -29,7 +29,8 @@ def test_an_email_removed_by_patch_is_never_mailed_again(api: Api) -> None:
     r = api.patch("enrollment", f"/v1/members/{mid}", {"consents": {"marketing": True, "sms": False, "email": True}})
     assert r.status_code == 200
     api.purchase(mid, 20_000_000)  # 260,000 yuan in all: gold, a second tier_up
-    eventually(lambda: _count(api, mid, "tier_up", "webhook") == 2, timeout=60)
+    # gold at least (double points in the first 30 days may reach diamond too: one tier_up each)
+    eventually(lambda: _count(api, mid, "tier_up", "webhook") >= 2, timeout=60)
     assert "email" not in _channels(api, mid, "tier_up")
 
 
