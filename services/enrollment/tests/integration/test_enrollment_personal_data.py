@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from devstack.stack import Stack
+from shared.phones import normalize_phone
 from tests.helpers import APP, OPS, POS, Api, is_problem, purchase_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.services("enrollment")]
@@ -160,7 +161,7 @@ def test_the_export_holds_everything_on_the_member_for_ops_only(api: Api, other_
     api.purchase(mid, 5_000)
     doc = api.get("enrollment", f"/v1/members/{mid}/export", key=OPS).json()
     assert doc["member_id"] == mid and doc["service"] == "enrollment"
-    assert doc["data"]["members"][0]["phone"] == phone
+    assert doc["data"]["members"][0]["phone"] == normalize_phone(phone)  # stored in E.164
     assert len(doc["data"]["purchases"]) == 1 and len(doc["data"]["consent_records"]) == 4
     assert "request_hash" not in doc["data"]["purchases"][0]
     is_problem(api.get("enrollment", f"/v1/members/{mid}/export", key=APP), 403)
