@@ -154,10 +154,36 @@ def test_postgres_disable_prefer_and_other_query_parameters() -> None:
     assert postgres_target(Settings(database_sslmode="prefer")).connect_args() == {"ssl": "prefer"}
 
 
-def test_a_root_certificate_without_a_mode_means_verify_full() -> None:
-    ca = ssl.get_default_verify_paths().cafile
-    if not ca:
-        pytest.skip("this machine has no CA bundle file")
+def _self_signed_ca(folder: Path) -> str:
+    """A CA certificate of the test's own (no dependence on the machine's CA bundle)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "membership test CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def test_a_root_certificate_without_a_mode_means_verify_full(tmp_path: Path) -> None:
+    ca = _self_signed_ca(tmp_path)
     target = postgres_target(Settings(database_sslrootcert=Path(ca)))
     assert target.tls.sslmode is None and target.tls.sslrootcert == Path(ca)
     context = target.connect_args()["ssl"]
