@@ -55,7 +55,7 @@ def idle_cpu(wait_ms: int, seconds: float = 10.0) -> dict[str, float]:
 def main() -> None:
     waits = [int(w) for w in sys.argv[1:]] or [20, 500]
     results = {w: idle_cpu(w) for w in waits}
-    print(json.dumps({f"fetch_max_wait_ms={w}": r for w, r in results.items()}, indent=2))
+    print(json.dumps({f"fetch_max_wait_ms={w}": r for w, r in results.items()}))
     for w, r in results.items():
         print(
             f"fetch_max_wait_ms={w:<5} broker {r['broker']:>5}% of a core, workers "

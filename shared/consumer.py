@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .db import Database, UnitOfWork
+from .doorbell import Doorbell
 from .events import (
     EVENT_TYPES,
     CloudEvent,
@@ -187,8 +188,10 @@ class ConsumerRunner:
         handlers: Handlers,
         producer: AIOKafkaProducer,
         prepare: Prepare | None = None,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
+        self.on_applied = on_applied  # told after each batch is committed (shared.service nudges schedules)
         self.db = db
         self.handlers = handlers
         self.types = {cls.__name__: cls for cls in handlers}
@@ -216,12 +219,25 @@ class ConsumerRunner:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self.consumer = self.make_consumer()
         consumer.subscribe(self.topics, listener=_Rebalance(self.lock))
+        doorbell = Doorbell(self.settings, self.topics) if self.settings.consumer_idle_pause else None
+        if doorbell is not None:
+            await doorbell.start()
         await consumer.start()
         log.info("consumer started", extra={"topics": self.topics, "group": self.group_id})
+        idle_ms = round(self.settings.consumer_idle_after_seconds * 1000)
+        # after an idle poll that no bell called for, one fetch (not a whole idle period of them) tells
+        # whether anything arrived unannounced
+        glance_ms = min(idle_ms, 2 * self.settings.fetch_max_wait_ms + 10)
+        timeout_ms = idle_ms
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.consumer_batch)
+                if doorbell is not None:
+                    doorbell.arm()  # a ring from now on means: fetch again, even if this fetch finds nothing
+                batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.consumer_batch)
+                timeout_ms = idle_ms
                 if not batch:
+                    if doorbell is not None and not await self._doze(consumer, doorbell, stop):
+                        timeout_ms = glance_ms
                     continue
                 async with self.lock:
                     records = [r for tp_records in batch.values() for r in tp_records]
@@ -233,8 +249,23 @@ class ConsumerRunner:
                     except (CommitFailedError, IllegalStateError):  # the group moved on (or took partitions)
                         log.warning("offset commit failed after a rebalance; the batch will be redelivered")
                     self._report_lag(consumer, offsets)
+                    if self.on_applied is not None:
+                        self.on_applied()
         finally:
             await consumer.stop()
+            if doorbell is not None:
+                await doorbell.close()
+
+    async def _doze(self, consumer: AIOKafkaConsumer, doorbell: Doorbell, stop: asyncio.Event) -> bool:
+        """Nothing came for a while: stop fetching (paused partitions cost the broker nothing) until a
+        relay rings one of this consumer's topics, or the idle poll comes round (shared.doorbell).
+        True when the bell rang."""
+        consumer.pause(*consumer.assignment())
+        try:
+            return await doorbell.wait(self.settings.consumer_idle_poll_seconds, stop)
+        finally:
+            # a rebalance meanwhile may have replaced the assignment: resume what is assigned now
+            consumer.resume(*consumer.assignment())
 
     def _report_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """``consumer_lag{topic}``: messages behind the partitions' high-water marks, as of each

@@ -58,9 +58,14 @@ def make_engine(settings: Settings, pool_size: int | None = None, *, pooled: boo
     size = pool_size or settings.db_pool_size
     return create_async_engine(
         target.url,
+        # a fixed pool: connections that open and close under load (overflow) cost a PostgreSQL backend
+        # each, and the API more than the queries; a request waits for a free one instead
         pool_size=size,
-        max_overflow=size,
-        pool_pre_ping=True,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        # no round trip before every checkout: a connection found broken is invalidated when used
+        # (the caller sees a 503 and retries; the pool replaces it), docs/decisions/0042
+        pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=1800,
         connect_args=target.connect_args(),
         hide_parameters=True,

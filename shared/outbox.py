@@ -3,14 +3,15 @@
 Ordering and replicas: every row carries ``shard = crc32(member_id) % shards``.
 A relay publishes a shard only while holding a transaction-scoped advisory lock
 on (schema, shard), in ``id`` order, and marks the rows published in the same
-transaction. Several relay replicas therefore split the shards between them,
-never publish one member's events concurrently, and a relay that dies before
+transaction (one transaction per round for all the shards it could lock).
+Several relay replicas therefore split the shards between them, never publish one member's events concurrently, and a relay that dies before
 its commit leaves the rows unpublished for the next one (at-least-once; the
 consumers' inbox makes the duplicates harmless).
 
 Wake-up: an insert into the outbox fires ``pg_notify('outbox_<schema>')``
 (a statement trigger created by the migration); the relay LISTENs on it and
 also polls every ``outbox_poll_seconds`` in case a notification is missed.
+After publishing, it rings the topics' doorbells (shared.doorbell) for idle consumers.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import zlib
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 
 from .db import Database
+from .doorbell import bell_of
 from .events import CONTENT_TYPE
 from .observability import metrics
 from .transport import connect_asyncpg
@@ -53,6 +55,9 @@ class OutboxRelay:
         listener = await self._listen()
         try:
             while not stop.is_set():
+                # forget earlier wake-ups BEFORE looking: a notification arriving while this round runs
+                # (its rows committed after the round's read) then calls for another round at once
+                self.wake.clear()
                 try:
                     published = await self.publish_pending()
                 except Exception:
@@ -61,7 +66,6 @@ class OutboxRelay:
                     await asyncio.sleep(1)
                 if published:
                     continue
-                self.wake.clear()
                 waiter = asyncio.ensure_future(self.wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait(
@@ -84,49 +88,52 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish every committed, unpublished row of every shard this relay can lock."""
-        t = self.table
-        async with self.db.engine.connect() as conn:
-            shards = (
-                (await conn.execute(select(t.c.shard).where(t.c.published_at.is_(None)).group_by(t.c.shard)))
-                .scalars()
-                .all()
-            )
         total = 0
-        for shard in shards:
-            total += await self._publish_shard(shard)
-        return total
-
-    async def _publish_shard(self, shard: int) -> int:
-        t = self.table
-        published = 0
         while True:
-            async with self.db.engine.begin() as conn:
-                locked = await conn.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(:ns, :shard)"), {"ns": self.namespace, "shard": shard}
+            published = await self._publish_round()
+            total += published
+            if published < self.db.settings.outbox_batch:
+                return total
+
+    async def _publish_round(self) -> int:
+        """One transaction: lock every shard with unpublished rows that no other replica holds, send up
+        to a batch of their rows in ``id`` order, wait for the broker's acknowledgements, mark them
+        published, and ring the topics' doorbells. Per shard the order is the rows' order; the
+        producer keeps it per partition (one member's events share a key, hence a partition)."""
+        t = self.table
+        async with self.db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"""
+                        WITH waiting AS MATERIALIZED (
+                            SELECT DISTINCT shard FROM {t.schema}.{t.name} WHERE published_at IS NULL),
+                        locked AS MATERIALIZED (
+                            SELECT shard FROM waiting WHERE pg_try_advisory_xact_lock(:ns, shard))
+                        SELECT id, topic, key, payload FROM {t.schema}.{t.name}
+                        WHERE published_at IS NULL AND shard IN (SELECT shard FROM locked)
+                        ORDER BY id LIMIT :limit
+                        """
+                    ),
+                    {"ns": self.namespace, "limit": self.db.settings.outbox_batch},
                 )
-                if not locked:
-                    return published  # another replica owns this shard right now
-                rows = (
-                    await conn.execute(
-                        select(t.c.id, t.c.topic, t.c.key, t.c.payload)
-                        .where(t.c.shard == shard, t.c.published_at.is_(None))
-                        .order_by(t.c.id)
-                        .limit(self.db.settings.outbox_batch)
-                    )
-                ).all()
-                if not rows:
-                    return published
-                headers = [("content-type", CONTENT_TYPE.encode())]
-                futures = [
-                    await self.producer.send(r.topic, value=r.payload.encode(), key=r.key.encode(), headers=headers)
-                    for r in rows
-                ]
-                await asyncio.gather(*futures)
-                await conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()")))
-            published += len(rows)
-            metrics.inc("outbox_published_total", len(rows))
-            if len(rows) < self.db.settings.outbox_batch:
-                return published
+            ).all()
+            if not rows:
+                return 0
+            headers = [("content-type", CONTENT_TYPE.encode())]
+            futures = [
+                await self.producer.send(r.topic, value=r.payload.encode(), key=r.key.encode(), headers=headers)
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()")))
+            # ring the topics' doorbells: delivered at commit, when the broker already holds the rows
+            await conn.execute(
+                text("SELECT pg_notify(c, '') FROM unnest(CAST(:channels AS text[])) AS c"),
+                {"channels": sorted({bell_of(r.topic) for r in rows})},
+            )
+        metrics.inc("outbox_published_total", len(rows))
+        return len(rows)
 
 
 def outbox_notify_ddl(schema: str) -> list[str]:

@@ -151,7 +151,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
         # a backstop behind the request models' bounds: a value the code or the database cannot hold is the
-        # request's fault (422), and the transaction it broke has rolled back; anything else stays a 500
+        # request's fault (422), and the transaction it broke has rolled back; a database outage (or a
+        # pooled connection that broke meanwhile: the pool does not ping before each checkout) is a 503
+        # the client retries; anything else stays a 500
+        from .consumer import is_transient
+
+        if is_transient(exc):
+            log.warning("the database is unavailable", extra={"error": type(exc).__name__})
+            p = Problem(
+                "The database is unavailable for a moment; retry the request (a repeated purchase, refund or enrolment is recognised, never applied twice)."
+            )
+            p.status, p.slug, p.title = 503, "unavailable", "Service unavailable"
+            return problem_response(p, request, {"Retry-After": "1"})
         if not out_of_range(exc):
             raise exc
         log.warning("a request value is out of range", extra={"error": type(exc).__name__})

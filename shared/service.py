@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -61,6 +60,9 @@ class Schedule:
     name: str
     run: Job
     interval_seconds: float | None = None  # None: settings.schedule_interval_seconds
+    #: also run as soon as this worker's consumer has applied a batch (work the events may have made due,
+    #: like notify's deliveries), instead of polling at a short interval while nothing happens
+    after_events: bool = False
 
 
 @dataclass
@@ -113,15 +115,23 @@ def create_app(defn: ServiceDefinition, settings: Settings | None = None) -> Fas
     return create_service_app(ctx, service_routers(defn), title=f"membership {defn.name}", description=defn.description)
 
 
-async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event) -> None:
+async def _run_schedule(
+    schedule: Schedule, ctx: ServiceContext, stop: asyncio.Event, nudge: asyncio.Event | None = None
+) -> None:
     interval = schedule.interval_seconds or ctx.settings.schedule_interval_seconds
     while not stop.is_set():
+        if nudge is not None:
+            nudge.clear()  # events applied from now on call for another run
         try:
             await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
         except Exception:
             log.exception("schedule failed", extra={"schedule": schedule.name})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        waits = [asyncio.ensure_future(stop.wait())]
+        if nudge is not None:
+            waits.append(asyncio.ensure_future(nudge.wait()))
+        await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
 
 
 def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedule]:
@@ -157,10 +167,22 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
             log.warning("readiness: database unreachable", exc_info=True)
             return False
 
+    schedules = worker_schedules(defn, settings)
+    nudges = {s.name: asyncio.Event() for s in schedules if s.after_events}
+
+    def applied() -> None:
+        for nudge in nudges.values():
+            nudge.set()
+
     runner = None
     if defn.handlers:
         runner = ConsumerRunner(
-            service=defn.name, db=ctx.db, handlers=defn.handlers, producer=producer, prepare=defn.prepare
+            service=defn.name,
+            db=ctx.db,
+            handlers=defn.handlers,
+            producer=producer,
+            prepare=defn.prepare,
+            on_applied=applied,
         )
         tasks.append(asyncio.create_task(runner.run(stop), name="consumer"))
 
@@ -187,7 +209,7 @@ async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.
             name="endpoint",
         )
     )
-    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop), name=s.name) for s in worker_schedules(defn, settings)]
+    tasks += [asyncio.create_task(_run_schedule(s, ctx, stop, nudges.get(s.name)), name=s.name) for s in schedules]
     log.info("worker started", extra={"tasks": [t.get_name() for t in tasks]})
     died = False
     try:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     database_sslcert: Path | None = None
     database_sslkey: Path | None = None
     db_pool_size: int = Field(10, ge=1, le=200)
+    db_pool_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    db_pool_pre_ping: bool = False
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Tansu rejects aiokafka's InitProducerId v0; switch on against Apache Kafka only.
     kafka_idempotent_producer: bool = False
@@ -81,6 +83,13 @@ class Settings(BaseSettings):
     consumer_batch: int = Field(1000, ge=1, le=10000)
     consumer_max_attempts: int = Field(3, ge=1, le=100)
     consumer_retry_backoff_seconds: float = Field(0.2, ge=0, le=60)
+    #: an idle consumer pauses its partitions and waits for its topics' doorbell (shared.doorbell):
+    #: on Tansu, which holds every fetch for its full wait, this is what makes idling cheap; against
+    #: Apache Kafka, whose long-polls return as soon as data arrives, switch it off and raise
+    #: fetch_max_wait_ms to 500 instead (docs/decisions/0041)
+    consumer_idle_pause: bool = True
+    consumer_idle_after_seconds: float = Field(0.5, gt=0, le=60)
+    consumer_idle_poll_seconds: float = Field(2.0, gt=0, le=300)
 
     # schedules (expiry, reviews, birthdays): how often a worker looks for due work
     schedule_interval_seconds: float = Field(60.0, gt=0)

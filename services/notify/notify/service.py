@@ -26,7 +26,7 @@ SERVICE = ServiceDefinition(
     handlers=HANDLERS,
     # due notifications are picked up within ~0.2 s; retries wait for their next_attempt_at
     schedules=[
-        Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=0.2),
+        Schedule(name="deliver-notifications", run=Deliveries(), interval_seconds=1.0, after_events=True),
         Schedule(name="purge-parked-events", run=purge_parked_events, interval_seconds=3600),
     ],
     description="Templates, preferences, notifications and their delivery over webhook, SMS and email.",
