@@ -4,9 +4,10 @@ Ordering and replicas: every row carries ``shard = crc32(member_id) % shards``.
 A relay publishes a shard only while holding a transaction-scoped advisory lock
 on (schema, shard), in ``id`` order, and marks the rows published in the same
 transaction (one transaction per round for all the shards it could lock).
-Several relay replicas therefore split the shards between them, never publish one member's events concurrently, and a relay that dies before
-its commit leaves the rows unpublished for the next one (at-least-once; the
-consumers' inbox makes the duplicates harmless).
+Several relay replicas therefore split the shards between them, never publish
+one member's events concurrently, and a relay that dies before its commit
+leaves the rows unpublished for the next one (at-least-once; the consumers'
+inbox makes the duplicates harmless).
 
 Wake-up: an insert into the outbox fires ``pg_notify('outbox_<schema>')``
 (a statement trigger created by the migration); the relay LISTENs on it and

@@ -159,7 +159,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         if is_transient(exc):
             log.warning("the database is unavailable", extra={"error": type(exc).__name__})
             p = Problem(
-                "The database is unavailable for a moment; retry the request (a repeated purchase, refund or enrolment is recognised, never applied twice)."
+                "The database is unavailable for a moment; retry the request (a repeated purchase,"
+                " refund or enrolment is recognised, never applied twice)."
             )
             p.status, p.slug, p.title = 503, "unavailable", "Service unavailable"
             return problem_response(p, request, {"Retry-After": "1"})
