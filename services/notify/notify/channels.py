@@ -282,6 +282,10 @@ def default_channels(settings: Settings) -> dict[Channel, DeliveryChannel]:
     return {"webhook": webhook, "sms": sms_channel(settings, client, sink), "email": EmailChannel(settings, sink)}
 
 
+#: what example configurations (deploy/k8s) put where the provider's credential belongs
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "xxx"})
+
+
 def production_problems(settings: Settings, role: str) -> list[str]:
     """What production mode refuses in notify's SMS configuration (the worker is what delivers; the
     API and the migrations send nothing, so they start whatever the SMS settings say)."""
@@ -298,6 +302,9 @@ def production_problems(settings: Settings, role: str) -> list[str]:
         problems.append(
             "MEMBERSHIP_SMS_HTTP_URL is not https://: the credential and phone numbers would travel unencrypted"
         )
-    if settings.sms_http_token is None or not settings.sms_http_token.get_secret_value():
+    token = settings.sms_http_token.get_secret_value() if settings.sms_http_token else ""
+    if not token:
         problems.append("MEMBERSHIP_SMS_HTTP_TOKEN is not set: the SMS provider needs its credential")
+    elif token.lower() in PLACEHOLDER_TOKENS:
+        problems.append("MEMBERSHIP_SMS_HTTP_TOKEN is a placeholder; set the SMS provider's credential")
     return problems

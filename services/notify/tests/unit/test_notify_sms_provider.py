@@ -196,6 +196,8 @@ def test_production_refuses_the_sink_for_notifys_worker_only() -> None:
     assert [p for p in production_problems(plain, "worker") if "not https://" in p]
     tokenless = Settings(env="production", **{**HTTP_SMS, "sms_http_token": None})  # type: ignore[arg-type]
     assert [p for p in production_problems(tokenless, "worker") if "MEMBERSHIP_SMS_HTTP_TOKEN" in p]
+    placeholder = Settings(env="production", **{**HTTP_SMS, "sms_http_token": "CHANGE-ME"})  # type: ignore[arg-type]
+    assert [p for p in production_problems(placeholder, "worker") if "placeholder" in p]
     assert SERVICE.production_problems is production_problems
 
 
