@@ -17,6 +17,7 @@ import pytest
 from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.settings import SERVICES
+from tests.backends import infrastructure
 from tests.helpers import Api, WebhookReceiver
 
 
@@ -55,6 +56,7 @@ class StackPool:
             service_ports={s: free_port() for s in SERVICES},
             worker_ports={s: free_port() for s in SERVICES},
             services=services,
+            infrastructure=infrastructure(),  # embedded, or containers (tests/backends.py)
             pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
             env_overrides={
                 "MEMBERSHIP_DEMO_WEBHOOK_URL": self.webhook.url,
