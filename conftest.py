@@ -21,6 +21,16 @@ from tests.backends import infrastructure
 from tests.helpers import Api, WebhookReceiver
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``MEMBERSHIP_TEST_BACKEND=containers`` where containers cannot run: stop at once, saying why."""
+    from tests.backends import BackendUnavailable
+
+    try:
+        infrastructure()
+    except BackendUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
 @pytest.fixture(scope="session")
 def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()

@@ -122,27 +122,36 @@ class _Container:
         self.container.stop()
 
 
-def kafka_container(host: str, port: int) -> Any:
+def kafka_environment(host: str, port: int) -> dict[str, str]:
     """Apache Kafka in KRaft mode, one node, listening for clients on ``port`` inside the container and
     published on the same port of the Docker host, so the address it advertises is the one clients use."""
+    return {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": f"PLAINTEXT://:{port},CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{host}:{port}",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",  # the stack creates the topics, as in production
+    }
+
+
+def postgres_command() -> str:
+    """The ``postgres`` image's arguments: the configuration the embedded server gets in the tests."""
+    return " ".join(f"-c {k}={v}" for k, v in POSTGRES_CONF.items())
+
+
+def kafka_container(host: str, port: int) -> Any:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     return (
         DockerContainer(KAFKA_IMAGE)
-        .with_envs(
-            KAFKA_NODE_ID="1",
-            KAFKA_PROCESS_ROLES="broker,controller",
-            KAFKA_LISTENERS=f"PLAINTEXT://:{port},CONTROLLER://:9093",
-            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://{host}:{port}",
-            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
-            KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
-            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
-            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
-            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
-            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
-            KAFKA_AUTO_CREATE_TOPICS_ENABLE="false",
-        )
+        .with_envs(**kafka_environment(host, port))
         .with_bind_ports(port, port)
         .waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
     )
@@ -154,7 +163,7 @@ def start_containers(stack: Stack) -> tuple[DatabaseServer, BrokerServer]:
     from testcontainers.core.docker_client import DockerClient
 
     pg = PostgresContainer(POSTGRES_IMAGE, username="membership", password="membership", dbname="membership")
-    pg.with_command(" ".join(f"-c {k}={v}" for k, v in POSTGRES_CONF.items()))
+    pg.with_command(postgres_command())
     pg.start()
     try:
         host = DockerClient().host()

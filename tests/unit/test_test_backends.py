@@ -199,3 +199,18 @@ def test_testcontainers_is_pinned_in_the_test_extra_and_the_lock() -> None:
     assert pin in lock
     for dependency in ("docker", "wrapt", "python-dotenv", "urllib3", "typing_extensions"):
         assert [line for line in lock if line.lower().startswith(dependency.lower() + "==")], dependency
+
+
+def test_kafka_advertises_the_address_the_services_are_given() -> None:
+    env = backends.kafka_environment("docker-host.internal", 41234)
+    endpoints = ContainerEndpoints("docker-host.internal", 5432, "u", "p", "d", "docker-host.internal:41234")
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{settings_from(endpoints)['MEMBERSHIP_KAFKA_BOOTSTRAP']}"
+    assert (
+        env["KAFKA_LISTENERS"].startswith("PLAINTEXT://:41234,") and env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    )
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false" and env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+
+
+def test_the_postgres_container_gets_room_for_every_services_pool() -> None:
+    command = backends.postgres_command()
+    assert "-c max_connections=400" in command and "-c fsync=off" in command
