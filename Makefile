@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit lint bench clean-data install catalogue
+.PHONY: run test test-containers unit lint bench clean-data install catalogue
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# the integration and end-to-end suite against PostgreSQL 16 and Apache Kafka in Docker containers
+# (testcontainers, tests/backends.py) instead of the embedded PostgreSQL and Tansu; needs a Docker engine
+test-containers: install
+	MEMBERSHIP_TEST_BACKEND=containers $(BIN)/python -m pytest -m "integration or e2e"
 
 # the gate CI runs before the tests: lint and format (ruff), types (mypy --strict where it reaches)
 lint: install

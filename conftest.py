@@ -17,7 +17,18 @@ import pytest
 from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.settings import SERVICES
+from tests.backends import infrastructure
 from tests.helpers import Api, WebhookReceiver
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``MEMBERSHIP_TEST_BACKEND=containers`` where containers cannot run: stop at once, saying why."""
+    from tests.backends import BackendUnavailable
+
+    try:
+        infrastructure()
+    except BackendUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +66,7 @@ class StackPool:
             service_ports={s: free_port() for s in SERVICES},
             worker_ports={s: free_port() for s in SERVICES},
             services=services,
+            infrastructure=infrastructure(),  # embedded, or containers (tests/backends.py)
             pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
             env_overrides={
                 "MEMBERSHIP_DEMO_WEBHOOK_URL": self.webhook.url,

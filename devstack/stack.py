@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -25,6 +26,29 @@ from shared.settings import SERVICES, Settings
 from .processes import Postgres, Tansu, free_port
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+class DatabaseServer(Protocol):
+    """A PostgreSQL the stack uses: the embedded one (:class:`Postgres`) or one the tests started elsewhere."""
+
+    @property
+    def url(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+class BrokerServer(Protocol):
+    """A Kafka-protocol broker the stack uses: the embedded Tansu (:class:`Tansu`) or another."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+#: starts the stack's PostgreSQL and broker instead of the embedded ones (the tests' containers,
+#: tests/backends.py); it may add settings to ``stack.env_overrides``
+Infrastructure = Callable[["Stack"], tuple[DatabaseServer, BrokerServer]]
 
 
 @dataclass
@@ -40,8 +64,10 @@ class Stack:
     pg_conf: dict[str, str] = field(default_factory=dict)
     services: tuple[str, ...] = SERVICES
     log_dir: Path | None = None
-    postgres: Postgres | None = None
-    broker: Tansu | None = None
+    postgres: DatabaseServer | None = None
+    broker: BrokerServer | None = None
+    #: None: the embedded PostgreSQL and Tansu on ``pg_port``/``broker_port``
+    infrastructure: Infrastructure | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: processes stopped on purpose (stop_process); any other that exited has died
     stopped: set[str] = field(default_factory=set)
@@ -87,10 +113,15 @@ class Stack:
         logs = self.log_dir or self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_dir = logs
-        self.postgres = Postgres(self.data_dir / "pg", self.pg_port, extra_conf=self.pg_conf)
-        self.postgres.start()
-        self.broker = Tansu(self.broker_port, logs / "tansu.log")
-        self.broker.start()
+        if self.infrastructure is not None:
+            self.postgres, self.broker = self.infrastructure(self)
+        else:
+            postgres = Postgres(self.data_dir / "pg", self.pg_port, extra_conf=self.pg_conf)
+            self.postgres = postgres
+            postgres.start()
+            broker = Tansu(self.broker_port, logs / "tansu.log")
+            self.broker = broker
+            broker.start()
         from shared.kafka import ensure_topics
 
         asyncio.run(ensure_topics(self.settings()))

@@ -7,6 +7,8 @@ Every process (each service's ``api``, ``worker`` and ``migrate``, ``python -m s
   ``MEMBERSHIP_SECRETS_KEY``, a database URL without a password or with a well-known one, Kafka over
   PLAINTEXT (or SASL_PLAINTEXT) without ``MEMBERSHIP_KAFKA_ALLOW_PLAINTEXT=true``, TLS/SASL variables
   that do not describe a connection;
+- the service's own settings have one (``ServiceDefinition.production_problems``): notify's worker with
+  the local SMS sink as its SMS provider;
 - the database still has development data in use (:func:`database_problems`, api and worker only):
   a demo key that is not revoked, a chain whose webhook secret is the development one.
 
@@ -190,10 +192,11 @@ async def _database_problems_when_reachable(settings: Settings, attempts: int, d
     return []
 
 
-def enforce(settings: Settings, process: str, *, check_database: bool = True) -> None:
-    """In production mode, exit non-zero naming every development default in use; else do nothing."""
+def enforce(settings: Settings, process: str, *, check_database: bool = True, extra: Iterable[str] = ()) -> None:
+    """In production mode, exit non-zero naming every development default in use; else do nothing.
+    ``extra``: the process's own problems (a service's ``production_problems``), refused with the others."""
     if not settings.is_production:
         return
-    refuse(configuration_problems(settings), process)
+    refuse([*configuration_problems(settings), *extra], process)
     if check_database:
         refuse(asyncio.run(_database_problems_when_reachable(settings, attempts=30, delay=1.0)), process)

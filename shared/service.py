@@ -75,6 +75,9 @@ class ServiceDefinition:
     #: optional batch loader for the handlers (see shared.consumer.Prepare)
     prepare: Prepare | None = None
     description: str = ""
+    #: what production mode refuses in this service's own settings, for a role (``api``, ``worker``,
+    #: ``migrate``), besides what every process is checked for (shared.production.configuration_problems)
+    production_problems: Callable[[Settings, str], list[str]] | None = None
 
     @property
     def schema(self) -> str:
@@ -240,7 +243,8 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
     settings = Settings()
     configure_logging(f"{defn.name}-{args.role}", settings.log_level)
     # production mode: no development default may be in use (migrations run before any data is checked)
-    enforce(settings, f"{defn.name} {args.role}", check_database=args.role != "migrate")
+    own = defn.production_problems(settings, args.role) if defn.production_problems and settings.is_production else []
+    enforce(settings, f"{defn.name} {args.role}", check_database=args.role != "migrate", extra=own)
     if args.role == "migrate":
         from .migrate import upgrade
 

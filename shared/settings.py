@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .crypto import DEV_MASTER_KEY, decode_master_key
@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     notify_sink_dir: Path | None = None  # local sink for sms/webhook in the embedded default
     notify_max_attempts: int = Field(5, ge=1, le=50)
     notify_retry_base_seconds: float = Field(1.0, ge=0)
+    #: the SMS channel: ``sink`` (the local file sink, development only; production refuses it for notify's
+    #: worker) or ``http`` (a provider's HTTP API, notify.channels.HttpSmsChannel)
+    sms_provider: Literal["sink", "http"] = "sink"
+    sms_http_url: str | None = None  # the provider's send endpoint, https:// in production
+    sms_http_token: SecretStr | None = None  # the provider's credential, from the secret store
+    #: the header the credential travels in: ``Authorization`` sends ``Bearer <token>``, any other header
+    #: (e.g. ``X-Api-Key``) the token as it is
+    sms_http_auth_header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    #: one attempt's limit; under notify's per-attempt limit (5 s, the claimed row's lock is held meanwhile)
+    sms_http_timeout_seconds: float = Field(4.0, gt=0, le=5)
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "membership@example.invalid"
@@ -159,6 +169,14 @@ class Settings(BaseSettings):
 
     def worker_port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_worker_port"))
+
+    @model_validator(mode="after")
+    def _sms_provider_has_a_url(self) -> Settings:
+        if self.sms_provider == "http" and not self.sms_http_url:
+            raise ValueError("MEMBERSHIP_SMS_PROVIDER=http needs MEMBERSHIP_SMS_HTTP_URL")
+        if self.sms_http_url and not self.sms_http_url.startswith(("https://", "http://")):
+            raise ValueError("MEMBERSHIP_SMS_HTTP_URL must be an http(s):// URL")
+        return self
 
     @field_validator("pii_master_key")
     @classmethod

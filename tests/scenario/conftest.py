@@ -16,6 +16,7 @@ from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.clock import OffsetFileClock
 from shared.settings import SERVICES
+from tests.backends import infrastructure
 from tests.helpers import Api, WebhookReceiver
 
 
@@ -58,6 +59,7 @@ def scenario_stack(scenario_webhook: WebhookReceiver) -> Iterator[Stack]:
         broker_port=free_port(),
         service_ports={s: free_port() for s in SERVICES},
         pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+        infrastructure=infrastructure(),  # embedded, or containers (tests/backends.py)
         env_overrides={
             "MEMBERSHIP_DEMO_WEBHOOK_URL": scenario_webhook.url,
             "MEMBERSHIP_NOTIFY_SINK_DIR": str(data_dir / "sink"),

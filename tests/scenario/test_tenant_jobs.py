@@ -31,6 +31,7 @@ import pytest
 from devstack.processes import free_port
 from devstack.stack import Stack
 from shared.settings import SERVICES
+from tests.backends import infrastructure
 from tests.helpers import OPS, Api, eventually, is_problem, purchase_body
 from tests.scenario.conftest import ControlledClock
 
@@ -58,6 +59,7 @@ def jobs_stack() -> Iterator[Stack]:
         broker_port=free_port(),
         service_ports={s: free_port() for s in SERVICES},
         pg_conf={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+        infrastructure=infrastructure(),  # embedded, or containers (tests/backends.py)
         env_overrides={
             "MEMBERSHIP_NOTIFY_SINK_DIR": str(data_dir / "sink"),
             "MEMBERSHIP_SCHEDULE_INTERVAL_SECONDS": "3600",

@@ -4,6 +4,7 @@ from shared.personal_data import ExportSource, MemberRows, export_router
 from shared.service import Schedule, ServiceDefinition
 
 from .api import router
+from .channels import production_problems
 from .handlers import HANDLERS
 from .jobs import Deliveries, purge_parked_events
 from .tables import contacts, notifications, parked_events, preferences, shared
@@ -30,4 +31,5 @@ SERVICE = ServiceDefinition(
         Schedule(name="purge-parked-events", run=purge_parked_events, interval_seconds=3600),
     ],
     description="Templates, preferences, notifications and their delivery over webhook, SMS and email.",
+    production_problems=production_problems,
 )
