@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
+import orjson
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -142,6 +143,13 @@ def request_hash(body: Any) -> str:
 LEGACY_KEY_ID = ""
 
 
+class FastJSONResponse(JSONResponse):
+    """A JSON response rendered by orjson (the same compact UTF-8 JSON as Starlette's, a few times faster)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 async def idempotent(
     uow: UnitOfWork,
     principal: Principal,
@@ -161,11 +169,12 @@ async def idempotent(
     """
     if key is None:
         status, doc = await action()
-        return JSONResponse(doc, status_code=status)
+        return FastJSONResponse(doc, status_code=status)
     if not key.strip():
         raise InvalidRequest("Idempotency-Key must not be blank.")
     t = uow.tables.idempotency
-    digest = request_hash(body)
+    # the request's JSON form is only needed to tell a retry from another body under the same key
+    digest = request_hash(body.model_dump(mode="json") if isinstance(body, BaseModel) else body)
 
     def row_of(key_id: str) -> Any:
         return select(t).where(
@@ -193,13 +202,13 @@ async def idempotent(
         .where(t.c.chain_id == principal.chain_id, t.c.key_id == principal.key_id, t.c.scope == scope, t.c.key == key)
         .values(status_code=status, response=doc)
     )
-    return JSONResponse(doc, status_code=status)
+    return FastJSONResponse(doc, status_code=status)
 
 
 def _replay(row: Any, digest: str) -> JSONResponse:
     if row.request_hash != digest:
         raise Conflict("This Idempotency-Key was used with a different request body.")
-    return JSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
+    return FastJSONResponse(row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"})
 
 
 Result = BaseModel | tuple[int, BaseModel]

@@ -39,7 +39,7 @@ async def enrol_member(
         principal,
         scope="POST /v1/members",
         key=idempotency_key,
-        body=body.model_dump(mode="json"),
+        body=body,
         status=201,
         run=lambda uow: commands.enrol(
             uow, chain_id=principal.chain_id, req=body, consent_source=commands.consent_source_of(principal)
@@ -134,7 +134,7 @@ async def record_purchase(
         return (202 if created else 200), accepted
 
     return await idempotent_command(
-        ctx, principal, scope="POST /v1/purchases", key=idempotency_key, body=body.model_dump(mode="json"), run=run
+        ctx, principal, scope="POST /v1/purchases", key=idempotency_key, body=body, run=run
     )
 
 
@@ -150,7 +150,7 @@ async def record_activity(
         return (202 if created else 200), accepted
 
     return await idempotent_command(
-        ctx, principal, scope="POST /v1/activities", key=idempotency_key, body=body.model_dump(mode="json"), run=run
+        ctx, principal, scope="POST /v1/activities", key=idempotency_key, body=body, run=run
     )
 
 
@@ -180,7 +180,7 @@ async def refund_purchase(
         principal,
         scope=f"POST /v1/purchases/{purchase_id}/refunds",
         key=idempotency_key,
-        body=body.model_dump(mode="json"),
+        body=body,
         run=run,
     )
 

@@ -84,7 +84,7 @@ async def override_member_tier(
         principal,
         scope=f"POST /v1/members/{member_id}/tier/override",
         key=idempotency_key,
-        body=body.model_dump(mode="json"),
+        body=body,
         status=200,
         run=run,
     )
