@@ -20,6 +20,7 @@ from datetime import datetime
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
+from . import tracing
 from .api import ServiceContext, create_service_app
 from .audit import audit_router
 from .clock import Clock, OffsetFileClock, SystemClock
@@ -117,7 +118,8 @@ async def _run_schedule(schedule: Schedule, ctx: ServiceContext, stop: asyncio.E
     interval = schedule.interval_seconds or ctx.settings.schedule_interval_seconds
     while not stop.is_set():
         try:
-            await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
+            with tracing.job_span(ctx.name, schedule.name):
+                await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
         except Exception:
             log.exception("schedule failed", extra={"schedule": schedule.name})
         with contextlib.suppress(TimeoutError):
@@ -217,6 +219,8 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(f"{defn.name}-{args.role}", settings.log_level)
+    if args.role != "migrate":
+        tracing.configure(defn.name, args.role)  # off unless OTEL_* variables ask for traces
     # production mode: no development default may be in use (migrations run before any data is checked)
     enforce(settings, f"{defn.name} {args.role}", check_database=args.role != "migrate")
     if args.role == "migrate":
