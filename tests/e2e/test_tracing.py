@@ -44,9 +44,7 @@ async def traced(stack: Stack) -> AsyncIterator[tuple[InMemorySpanExporter, http
     tracing.enable(provider)
     settings = stack.settings()
     stop = asyncio.Event()
-    workers = [
-        asyncio.create_task(run_worker(_definition(s), settings, stop), name=f"{s}-worker") for s in SERVICES
-    ]
+    workers = [asyncio.create_task(run_worker(_definition(s), settings, stop), name=f"{s}-worker") for s in SERVICES]
     app = create_app(_definition("enrollment"), settings)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://enrollment")
     try:
