@@ -8,24 +8,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
 import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from . import tracing
 from .db import Database, UnitOfWork
 from .edge import EdgeMiddleware
-from .observability import correlation_id, metrics
+from .observability import METRICS_CONTENT_TYPE, correlation_id, metrics
 from .platform import PlatformStore, Principal
 from .problems import (
     Conflict,
@@ -36,6 +36,7 @@ from .problems import (
     install_problem_handlers,
 )
 from .ratelimit import KeyRateLimiter
+from .readiness import BrokerCheck, readiness
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -237,17 +238,6 @@ async def idempotent_command(
         return await idempotent(uow, principal, scope=scope, key=key, body=body, action=action)
 
 
-def _broker_reachable(bootstrap: str) -> bool:
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 #: the errors any authenticated operation may answer, each an RFC 9457 problem document (shared.problems)
 PROBLEM_RESPONSES: dict[int, str] = {
     400: "The body is not JSON",
@@ -343,11 +333,14 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
         yield
         await ctx.db.dispose()
 
-    app = ServiceApp(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = ServiceApp(
+        title=title, description=description, version="1.0.0", lifespan=lifespan, telemetry=tracing.fastapi_telemetry()
+    )
     app.state.ctx = ctx
     install_problem_handlers(app)
 
     app.add_middleware(EdgeMiddleware, service=ctx.name, max_body_bytes=ctx.settings.max_body_bytes)
+    broker = BrokerCheck(ctx.settings.kafka_bootstrap, ctx.name, ctx.settings.broker_check_seconds)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -360,24 +353,14 @@ def create_service_app(ctx: ServiceContext, routers: list[APIRouter], *, title: 
         responses={503: {"description": "Not ready", "content": {"application/json": {"schema": {"type": "object"}}}}},
     )
     async def readyz() -> JSONResponse:
-        """Database and broker reachable."""
-        checks = {"database": False, "broker": False}
-        try:
-            async with ctx.db.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = True
-        except Exception:
-            log.warning("readiness: database unreachable", exc_info=True)
-        checks["broker"] = _broker_reachable(ctx.settings.kafka_bootstrap)
-        ok = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
-        )
+        """Ready when the database is reachable; the broker's state is reported, not required."""
+        ok, body = await readiness(ctx.db.engine, broker)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         """Prometheus metrics."""
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     for router in routers:
         app.include_router(router)

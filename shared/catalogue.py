@@ -52,6 +52,9 @@ ENVELOPE_DESCRIPTIONS = {
     "causationid": "the id of the event that caused this one, if any",
     "imported": "the event comes from an imported history, or was caused by one: it changes points, tiers "
     "and benefits like any other, but nobody is notified of it",
+    "traceparent": "CloudEvents distributed-tracing extension: the W3C trace context of the span the event "
+    "was created in (a request, a consumer's handling of another event, a job); absent when tracing is off",
+    "tracestate": "CloudEvents distributed-tracing extension: the W3C tracestate that goes with traceparent",
 }
 
 
@@ -129,7 +132,11 @@ def _message(event_type: type[EventData], envelope: Doc, consumers: list[str]) -
         "contentType": CONTENT_TYPE,
         "headers": {
             "type": "object",
-            "properties": {"content-type": {"type": "string", "const": CONTENT_TYPE}},
+            "properties": {
+                "content-type": {"type": "string", "const": CONTENT_TYPE},
+                "traceparent": {"type": "string", "description": "the payload's traceparent (W3C trace context)"},
+                "tracestate": {"type": "string", "description": "the payload's tracestate, when it has one"},
+            },
         },
         "payload": _payload(envelope, event_type),
         "correlationId": {

@@ -25,6 +25,7 @@ The runner:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -37,6 +38,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from . import tracing
 from .db import Database, UnitOfWork
 from .doorbell import Doorbell
 from .events import (
@@ -50,7 +52,7 @@ from .events import (
     peek_type,
     topic_of,
 )
-from .observability import correlation_scope, metrics
+from .observability import correlation_scope, metrics, observe_batch
 from .transport import kafka_options
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ async def apply_events(
         uow.correlation_id = event.correlationid or event.id
         uow.causation_id = event.id
         uow.imported = event.imported  # what an imported event causes is imported too
-        with correlation_scope(uow.correlation_id):
+        with correlation_scope(uow.correlation_id), tracing.event_span(event, uow):
             await handlers[type(event.data)](event, uow)
     return todo
 
@@ -197,6 +199,8 @@ class ConsumerRunner:
         self.types = {cls.__name__: cls for cls in handlers}
         self.prepare = prepare
         self.lag: dict[TopicPartition, int] = {}
+        #: the next offset to read per partition, as last committed by this runner (consumer_lag's base)
+        self.committed: dict[TopicPartition, int] = {}
         self.producer = producer
         self.settings = db.settings
         self.topics = sorted({topic_of(cls.publisher) for cls in handlers})
@@ -229,6 +233,7 @@ class ConsumerRunner:
         # whether anything arrived unannounced
         glance_ms = min(idle_ms, 2 * self.settings.fetch_max_wait_ms + 10)
         timeout_ms = idle_ms
+        watcher = asyncio.create_task(self.watch_lag(consumer, stop), name="consumer-lag")
         try:
             while not stop.is_set():
                 if doorbell is not None:
@@ -246,12 +251,15 @@ class ConsumerRunner:
                     offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
                     try:
                         await consumer.commit(offsets)
+                        self.committed.update(offsets)
                     except (CommitFailedError, IllegalStateError):  # the group moved on (or took partitions)
                         log.warning("offset commit failed after a rebalance; the batch will be redelivered")
                     self._report_lag(consumer, offsets)
                     if self.on_applied is not None:
                         self.on_applied()
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             await consumer.stop()
             if doorbell is not None:
                 await doorbell.close()
@@ -267,6 +275,39 @@ class ConsumerRunner:
             # a rebalance meanwhile may have replaced the assignment: resume what is assigned now
             consumer.resume(*consumer.assignment())
 
+    async def watch_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Measure ``consumer_lag`` against the broker every ``consumer_lag_interval_seconds``, apart from
+        the batches: a consumer stuck on a batch (or an outage) still shows its lag growing."""
+        interval = self.settings.consumer_lag_interval_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            if stop.is_set():
+                return
+            try:
+                await self.refresh_lag(consumer)
+            except Exception as exc:  # a rebalance or an outage: measured again on the next tick
+                log.debug("consumer lag not measured", extra={"error": repr(exc)})
+
+    async def refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per assigned partition: the broker's end offset (asked now) minus the offset this runner
+        last committed (or the group's committed offset, before its first commit here)."""
+        assigned = sorted(consumer.assignment())
+        for tp in list(self.lag):
+            if tp not in assigned:
+                del self.lag[tp]
+        if assigned:
+            ends = await consumer.end_offsets(assigned)
+            for tp in assigned:
+                done = self.committed.get(tp)
+                if done is None:
+                    done = await consumer.committed(tp)
+                    if done is not None:
+                        self.committed[tp] = done
+                self.lag[tp] = max(0, ends[tp] - (done or 0))
+        self._set_lag_gauges()
+        metrics.set("consumer_lag_refreshed_timestamp_seconds", time.time(), service=self.service)
+
     def _report_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """``consumer_lag{topic}``: messages behind the partitions' high-water marks, as of each
         partition's latest batch (the gauge a scaler or an alert watches). A metric never stops the
@@ -281,6 +322,9 @@ class ConsumerRunner:
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self.lag[tp] = max(0, highwater - offset)
+        self._set_lag_gauges()
+
+    def _set_lag_gauges(self) -> None:
         for topic in self.topics:
             metrics.set(
                 "consumer_lag",
@@ -318,9 +362,19 @@ class ConsumerRunner:
                 return False  # stopping: nothing committed, everything will be redelivered
         for d in dead:
             await self._dead_letter(d)
-        metrics.inc("events_consumed_total", len(records), service=self.service)
-        metrics.observe("consumer_batch_seconds", time.perf_counter() - started, service=self.service)
+        self._observe(records, todo, time.perf_counter() - started)
         return True
+
+    def _observe(self, records: list[ConsumerRecord], applied: list[Delivery], seconds: float) -> None:
+        """The batch's metrics: size, duration, and each event's age (now - its time; imported history
+        is old on purpose and left out)."""
+        now = self.db.clock.now()
+        ages = [
+            (d.record.topic, (now - d.event.time).total_seconds())
+            for d in applied
+            if d.event is not None and not d.event.imported
+        ]
+        observe_batch(self.service, size=len(records), seconds=seconds, ages=ages)
 
     def _decode(self, record: ConsumerRecord) -> Delivery:
         """A record of a type this consumer handles is decoded strictly (invalid: dead-lettered); one of

@@ -39,9 +39,11 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.util import find_tables
 
+from . import tracing
 from .clock import Clock, SystemClock
 from .crypto import Keyring
 from .events import CloudEvent, D, new_event
+from .observability import count_committed
 from .settings import Settings
 from .transport import postgres_target
 
@@ -161,6 +163,9 @@ class Unit:
     _replaceable: dict[Hashable, int] = field(default_factory=dict)
     _state: dict[type, object] = field(default_factory=dict)
     _at_commit: dict[Hashable, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
+    #: the trace context of the last event handled per member (tracing on only; shared.tracing.event_span):
+    #: an event published about that member outside any span (deferred work) continues that trace
+    traces: dict[str, Any] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -177,15 +182,16 @@ class Unit:
         """Record an event for the outbox. ``replaces``: a key for snapshot events (the latest state
         of something, like a member's progress); a later event with the same key in the same
         transaction takes the earlier one's place, so a batch publishes one snapshot per key."""
-        event = new_event(
-            data,
-            member_id=member_id,
-            chain_id=chain_id,
-            correlation_id=self.correlation_id,
-            causation_id=self.causation_id,
-            time=time or self.now(),
-            imported=self.imported,
-        )
+        with tracing.resumed(self.traces.get(member_id) if self.traces else None):
+            event = new_event(
+                data,
+                member_id=member_id,
+                chain_id=chain_id,
+                correlation_id=self.correlation_id,
+                causation_id=self.causation_id,
+                time=time or self.now(),
+                imported=self.imported,
+            )
         if replaces is not None and replaces in self._replaceable:
             self.pending[self._replaceable.pop(replaces)] = None  # dropped at flush, order kept
         if replaces is not None:
@@ -299,12 +305,13 @@ class UnitOfWork(Unit):
             )
             await self.session.execute(stmt, rows_params)
 
-    async def flush_outbox(self) -> None:
+    async def flush_outbox(self) -> list[CloudEvent[Any]]:
+        """Write the events published to the outbox (one insert); returns them."""
         events = self.events
         self.pending.clear()
         self._replaceable.clear()
         if not events:
-            return
+            return events
         rows = [
             {
                 "event_id": e.id,
@@ -317,6 +324,7 @@ class UnitOfWork(Unit):
             for e in events
         ]
         await self.session.execute(insert(self.tables.outbox), rows)
+        return events
 
 
 @dataclass
@@ -355,7 +363,9 @@ class Database:
             yield uow
             await uow.run_at_commit()
             await uow.flush_writes()
-            await uow.flush_outbox()
+            events = await uow.flush_outbox()
+        if events:  # committed: count them (events_published_total, tier_changes_total)
+            count_committed(str(self.tables.outbox.schema), events)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .clock import utcnow
+from .tracing import current_trace_context
 
 CONTENT_TYPE = "application/cloudevents+json"
 TOPIC_PREFIX = "membership."
@@ -380,6 +381,11 @@ class CloudEvent(BaseModel, Generic[D]):
     #: extension: the event comes from an imported history (bulk import), or was caused by one; it
     #: changes points, tiers and benefits like any other, but nobody is notified of it
     imported: bool = False
+    #: extension (CloudEvents distributed tracing): the W3C trace context of the span the event was
+    #: created in, so its consumers' spans continue the request's trace (shared.tracing); absent when
+    #: tracing is off
+    traceparent: str | None = None
+    tracestate: str | None = None
     data: D
 
     @field_validator("time")
@@ -398,7 +404,14 @@ class CloudEvent(BaseModel, Generic[D]):
         return topic_of(self.data.publisher)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        # the trace extension only when set: an event made with tracing off is byte for byte as before
+        if self.traceparent is None:
+            return self.model_dump_json(exclude=_NO_TRACE).encode()
+        return self.model_dump_json(exclude=_NO_TRACESTATE if self.tracestate is None else None).encode()
+
+
+_NO_TRACE = {"traceparent", "tracestate"}
+_NO_TRACESTATE = {"tracestate"}
 
 
 def envelope_of(data_type: type[D]) -> type[CloudEvent[D]]:
@@ -416,8 +429,11 @@ def new_event(
     time: datetime | None = None,
     imported: bool = False,
 ) -> CloudEvent[D]:
+    traceparent, tracestate = current_trace_context()
     return envelope_of(type(data))(
         imported=imported,
+        traceparent=traceparent,
+        tracestate=tracestate,
         source=f"membership/{data.publisher}",
         type=type(data).__name__,
         subject=member_id,

@@ -25,6 +25,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text, update
 
+from . import tracing
 from .db import Database
 from .doorbell import bell_of
 from .events import CONTENT_TYPE
@@ -121,11 +122,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            headers = [("content-type", CONTENT_TYPE.encode())]
-            futures = [
-                await self.producer.send(r.topic, value=r.payload.encode(), key=r.key.encode(), headers=headers)
-                for r in rows
-            ]
+            futures = [await self._send(r.topic, r.key, r.payload) for r in rows]
             await asyncio.gather(*futures)
             await conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()")))
             # ring the topics' doorbells: delivered at commit, when the broker already holds the rows
@@ -133,8 +130,21 @@ class OutboxRelay:
                 text("SELECT pg_notify(c, '') FROM unnest(CAST(:channels AS text[])) AS c"),
                 {"channels": sorted({bell_of(r.topic) for r in rows})},
             )
-        metrics.inc("outbox_published_total", len(rows))
+        metrics.inc("outbox_published_total", len(rows), service=self.schema)
         return len(rows)
+
+    async def _send(self, topic: str, key: str, payload: str) -> asyncio.Future[object]:
+        """Send a row's message with its event's trace context (the W3C headers; with tracing on, inside
+        that context, so the producer's span continues the trace of the request that made the event)."""
+        headers = [("content-type", _CONTENT_TYPE), *tracing.relay_headers(payload)]
+        with tracing.sending(payload):
+            sent: asyncio.Future[object] = await self.producer.send(
+                topic, value=payload.encode(), key=key.encode(), headers=headers
+            )
+        return sent
+
+
+_CONTENT_TYPE = CONTENT_TYPE.encode()
 
 
 def outbox_notify_ddl(schema: str) -> list[str]:

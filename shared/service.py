@@ -19,6 +19,7 @@ from datetime import datetime
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
+from . import tracing
 from .api import ServiceContext, create_service_app
 from .audit import audit_router
 from .clock import Clock, OffsetFileClock, SystemClock
@@ -126,7 +127,8 @@ async def _run_schedule(
         if nudge is not None:
             nudge.clear()  # events applied from now on call for another run
         try:
-            await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
+            with tracing.job_span(ctx.name, schedule.name):
+                await schedule.run(ctx, JobRun(as_of=ctx.db.clock.now(), chain_ids=await ctx.platform.chain_ids()))
         except Exception:
             log.exception("schedule failed", extra={"schedule": schedule.name})
         waits = [asyncio.ensure_future(stop.wait())]
@@ -242,6 +244,8 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(f"{defn.name}-{args.role}", settings.log_level)
+    if args.role != "migrate":
+        tracing.configure(defn.name, args.role)  # off unless OTEL_* variables ask for traces
     # production mode: no development default may be in use (migrations run before any data is checked)
     own = defn.production_problems(settings, args.role) if defn.production_problems and settings.is_production else []
     enforce(settings, f"{defn.name} {args.role}", check_database=args.role != "migrate", extra=own)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     consumer_idle_pause: bool = True
     consumer_idle_after_seconds: float = Field(0.5, gt=0, le=60)
     consumer_idle_poll_seconds: float = Field(2.0, gt=0, le=300)
+    #: how often consumer_lag is measured against the broker, apart from the batches (a stuck consumer's
+    #: lag still grows on the dashboard)
+    consumer_lag_interval_seconds: float = Field(10.0, gt=0, le=300)
+    #: how long an API's /readyz reuses its last broker check (the broker is reported, never waited on)
+    broker_check_seconds: float = Field(5.0, ge=0, le=300)
 
     # schedules (expiry, reviews, birthdays): how often a worker looks for due work
     schedule_interval_seconds: float = Field(60.0, gt=0)

@@ -125,7 +125,7 @@ def _record(value: bytes | None) -> ConsumerRecord[Any, Any]:
 
 
 def _skipped(service: str, reason: str) -> float:
-    return metrics.counters.get(("events_skipped_total", (("reason", reason), ("service", service))), 0)
+    return metrics.value("events_skipped_total", reason=reason, service=service) or 0
 
 
 def test_a_consumer_decodes_the_types_it_handles() -> None:

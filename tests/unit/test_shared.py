@@ -190,4 +190,4 @@ def test_the_lag_gauge_skips_partitions_a_rebalance_took_away_instead_of_stoppin
     runner.service, runner.topics, runner.lag = "lag-test", ["membership.enrollment"], {lost: 7}
     runner._report_lag(Consumer(), {kept: 4, lost: 9})  # type: ignore[arg-type]
     assert runner.lag == {kept: 6}
-    assert metrics.gauges[("consumer_lag", (("service", "lag-test"), ("topic", "membership.enrollment")))] == 6
+    assert metrics.value("consumer_lag", service="lag-test", topic="membership.enrollment") == 6

@@ -133,9 +133,7 @@ async def record_purchase(
         created, accepted = await commands.record_purchase(uow, chain_id=principal.chain_id, req=body)
         return (202 if created else 200), accepted
 
-    return await idempotent_command(
-        ctx, principal, scope="POST /v1/purchases", key=idempotency_key, body=body, run=run
-    )
+    return await idempotent_command(ctx, principal, scope="POST /v1/purchases", key=idempotency_key, body=body, run=run)
 
 
 @router.post("/activities", status_code=202, response_model=schemas.ActivityAccepted)
