@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
@@ -256,15 +258,23 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
     elif args.role == "api":
         import uvicorn
 
-        app = create_app(defn, settings)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port_of(defn.name),
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        workers = settings.api_workers_of(defn.name)
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port_of(defn.name),
+            "log_config": None,
+            "access_log": False,
+            "timeout_graceful_shutdown": 10,
+            # "auto" takes uvloop and httptools, which are installed (pyproject.toml): C event loop and parser
+            "loop": "auto",
+            "http": "auto",
+        }
+        if workers == 1:
+            uvicorn.run(create_app(defn, settings), **options)
+        else:
+            # several processes share the listening socket; each builds its app (app_from_environment)
+            os.environ[API_SERVICE_VARIABLE] = defn.name
+            uvicorn.run("shared.service:app_from_environment", factory=True, workers=workers, **options)
     else:
 
         async def go() -> None:
@@ -272,4 +282,30 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> None:
             _stop_on_signals(stop)
             await run_worker(defn, settings, stop)
 
-        asyncio.run(go())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(go())
+
+
+#: set by ``python -m <service> api`` for its uvicorn worker processes (``MEMBERSHIP_API_WORKERS`` > 1)
+API_SERVICE_VARIABLE = "MEMBERSHIP_API_SERVICE"
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process of a multi-process API."""
+    import importlib
+
+    name = os.environ[API_SERVICE_VARIABLE]
+    defn: ServiceDefinition = importlib.import_module(f"{name}.service").SERVICE
+    settings = Settings()
+    configure_logging(f"{name}-api", settings.log_level)
+    tracing.configure(name, "api")
+    return create_app(defn, settings)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

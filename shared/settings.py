@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
 
     host: str = "127.0.0.1"
+    #: uvicorn worker processes per API (one per core is the usual ceiling); a service may have its own
+    #: number, e.g. MEMBERSHIP_API_WORKERS_BY_SERVICE='{"enrollment": 2}'. In Kubernetes prefer more pods
+    #: of one process each: each process has its own /metrics (docs/decisions/0050, 0043)
+    api_workers: int = Field(1, ge=1, le=64)
+    api_workers_by_service: dict[str, int] = Field(default_factory=dict)
     enrollment_port: int = DEFAULT_PORTS["enrollment"]
     points_port: int = DEFAULT_PORTS["points"]
     tiering_port: int = DEFAULT_PORTS["tiering"]
@@ -171,6 +176,9 @@ class Settings(BaseSettings):
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
+
+    def api_workers_of(self, service: str) -> int:
+        return max(1, int(self.api_workers_by_service.get(service, self.api_workers)))
 
     def worker_port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_worker_port"))
