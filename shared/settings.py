@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     secrets_key: SecretStr = SecretStr(DEVELOPMENT_SECRETS_KEY)
     topic_partitions: int = Field(12, ge=1, le=1000)
     topic_replication: int = Field(1, ge=1, le=5)
+    #: topics' min.insync.replicas (with acks=all, how many replicas a write needs); 1 leaves the broker's
+    topic_min_insync_replicas: int = Field(1, ge=1, le=5)
+    #: retention of the event topics in days (None: the broker's default); dead-letter topics keep 30 at least
+    topic_retention_days: float | None = Field(None, gt=0)
+    #: whether a worker creates missing topics when it starts. None (the default): yes in development, no in
+    #: production, where the topic-init Job (``python -m shared.topics``) creates them and the services need
+    #: no right to create topics
+    create_topics: bool | None = None
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
 
     host: str = "127.0.0.1"
@@ -166,3 +174,8 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def creates_topics(self) -> bool:
+        """Whether a worker creates missing topics at start (MEMBERSHIP_CREATE_TOPICS, else not in production)."""
+        return self.create_topics if self.create_topics is not None else not self.is_production
