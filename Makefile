@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit lint bench clean-data install catalogue
+.PHONY: run test unit lint bench clean-data install catalogue tools deploy-check
 
 install: $(VENV)/.installed
 
@@ -13,11 +13,26 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# checkov in a virtualenv of its own: its pins conflict with requirements.lock (docs/decisions/0042)
+TOOLS := .venv-tools
+
+tools: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: requirements-tools.lock
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet -r requirements-tools.lock
+	touch $@
+
 run: install
 	$(BIN)/python -m devstack
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest
+
+# the deployment checks alone: every overlay renders, validates (Kubernetes 1.30 and the newest known) and
+# passes checkov; the compose file validates against the compose specification (tests/deploy)
+deploy-check: install tools
+	$(BIN)/python -m pytest tests/deploy -q
 
 # the gate CI runs before the tests: lint and format (ruff), types (mypy --strict where it reaches)
 lint: install
@@ -25,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-unit: install
+unit: install tools
 	$(BIN)/python -m pytest -m "not integration and not e2e"
 
 bench: install
