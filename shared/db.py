@@ -66,7 +66,7 @@ def make_engine(settings: Settings, pool_size: int | None = None, *, pooled: boo
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
         # no round trip before every checkout: a connection found broken is invalidated when used
-        # (the caller sees a 503 and retries; the pool replaces it), docs/decisions/0042
+        # (the caller sees a 503 and retries; the pool replaces it), docs/decisions/0046
         pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=1800,
         connect_args=target.connect_args(),

@@ -3,7 +3,7 @@
 Tansu (the embedded broker) answers a fetch only when the fetch's wait runs out, even when data
 arrives meanwhile: a consumer must either poll with short waits (low latency, but an idle platform
 then spends a third of a core answering empty fetches) or wait long (cheap, but every hop costs up
-to the wait). The doorbell removes the trade-off (docs/decisions/0041):
+to the wait). The doorbell removes the trade-off (docs/decisions/0045):
 
 * the relay rings ``kafka_<topic>`` (``pg_notify``) in the transaction that marks the rows it has
   just published, so the notification is delivered when the broker already holds them;

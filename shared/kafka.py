@@ -32,14 +32,29 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-#: dead letters are kept on the broker for at least 30 days (SPEC §7); the other topics use the
-#: broker's default retention (7 days on Kafka), the outbox and inbox cover replays within it
+#: dead letters are kept on the broker for at least 30 days (SPEC §7); the other topics use
+#: MEMBERSHIP_TOPIC_RETENTION_DAYS, or the broker's default retention (7 days on Kafka), the outbox and
+#: inbox cover replays within it
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
+def topic_configs(topic: str, settings: Settings) -> dict[str, str]:
+    """The per-topic configuration a topic is created with: retention, and min.insync.replicas above 1."""
+    configs: dict[str, str] = {}
+    retention = None if settings.topic_retention_days is None else int(settings.topic_retention_days * 86400 * 1000)
+    if topic.endswith(".dlq"):
+        retention = max(DLQ_RETENTION_MS, retention or 0)
+    if retention is not None:
+        configs["retention.ms"] = str(retention)
+    if settings.topic_min_insync_replicas > 1:
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    return configs
+
+
 def _new_topic(topic: str, settings: Settings) -> NewTopic:
-    configs = {"retention.ms": str(DLQ_RETENTION_MS)} if topic.endswith(".dlq") else {}
-    return NewTopic(topic, settings.topic_partitions, settings.topic_replication, topic_configs=configs)
+    return NewTopic(
+        topic, settings.topic_partitions, settings.topic_replication, topic_configs=topic_configs(topic, settings)
+    )
 
 
 async def ensure_topics(settings: Settings, topics: list[str] | None = None, attempts: int = 30) -> None:

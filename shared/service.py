@@ -160,7 +160,8 @@ def worker_schedules(defn: ServiceDefinition, settings: Settings) -> list[Schedu
 async def run_worker(defn: ServiceDefinition, settings: Settings, stop: asyncio.Event) -> None:
     """Relay + consumer + schedules until ``stop`` is set; finishes the batch in hand first."""
     ctx = build_context(defn, settings)
-    await ensure_topics(settings)
+    if settings.creates_topics:  # production: the topic-init Job made them (python -m shared.topics)
+        await ensure_topics(settings)
     producer = make_producer(settings)
     await producer.start()
     tasks = [asyncio.create_task(OutboxRelay(ctx.db, producer, defn.schema).run(stop), name="relay")]

@@ -59,12 +59,20 @@ class Settings(BaseSettings):
     secrets_key: SecretStr = SecretStr(DEVELOPMENT_SECRETS_KEY)
     topic_partitions: int = Field(12, ge=1, le=1000)
     topic_replication: int = Field(1, ge=1, le=5)
+    #: topics' min.insync.replicas (with acks=all, how many replicas a write needs); 1 leaves the broker's
+    topic_min_insync_replicas: int = Field(1, ge=1, le=5)
+    #: retention of the event topics in days (None: the broker's default); dead-letter topics keep 30 at least
+    topic_retention_days: float | None = Field(None, gt=0)
+    #: whether a worker creates missing topics when it starts. None (the default): yes in development, no in
+    #: production, where the topic-init Job (``python -m shared.topics``) creates them and the services need
+    #: no right to create topics
+    create_topics: bool | None = None
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
 
     host: str = "127.0.0.1"
     #: uvicorn worker processes per API (one per core is the usual ceiling); a service may have its own
     #: number, e.g. MEMBERSHIP_API_WORKERS_BY_SERVICE='{"enrollment": 2}'. In Kubernetes prefer more pods
-    #: of one process each: each process has its own /metrics (docs/decisions/0050, 0043)
+    #: of one process each: each process has its own /metrics (docs/decisions/0050, 0047)
     api_workers: int = Field(1, ge=1, le=64)
     api_workers_by_service: dict[str, int] = Field(default_factory=dict)
     enrollment_port: int = DEFAULT_PORTS["enrollment"]
@@ -91,7 +99,7 @@ class Settings(BaseSettings):
     #: an idle consumer pauses its partitions and waits for its topics' doorbell (shared.doorbell):
     #: on Tansu, which holds every fetch for its full wait, this is what makes idling cheap; against
     #: Apache Kafka, whose long-polls return as soon as data arrives, switch it off and raise
-    #: fetch_max_wait_ms to 500 instead (docs/decisions/0041)
+    #: fetch_max_wait_ms to 500 instead (docs/decisions/0045)
     consumer_idle_pause: bool = True
     consumer_idle_after_seconds: float = Field(0.5, gt=0, le=60)
     consumer_idle_poll_seconds: float = Field(2.0, gt=0, le=300)
@@ -206,3 +214,8 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def creates_topics(self) -> bool:
+        """Whether a worker creates missing topics at start (MEMBERSHIP_CREATE_TOPICS, else not in production)."""
+        return self.create_topics if self.create_topics is not None else not self.is_production

@@ -154,17 +154,26 @@ def test_compose_and_the_k8s_manifests_run_in_production_mode_without_seeding_de
         assert "--seed-demo" not in command, name
         if command.startswith("python -m"):
             assert service["environment"]["MEMBERSHIP_ENV"] == "production", name
-    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/membership.yaml").read_text()))
-    config = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert config["data"]["MEMBERSHIP_ENV"] == "production"
+    k8s = ROOT / "deploy/k8s"
+    settings = dict(
+        line.split("=", 1)
+        for line in (k8s / "base/settings.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert settings["MEMBERSHIP_ENV"] == "production"
+    for overlay in (k8s / "overlays").iterdir():  # no overlay switches production mode off
+        assert "MEMBERSHIP_ENV" not in (overlay / "settings.env").read_text(), overlay.name
+    docs = [
+        d for f in sorted((k8s / "base").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "kind" in d
+    ]
     commands = [
         c["command"]
         for d in docs
         if d["kind"] in ("Job", "Deployment")
-        for c in d["spec"]["template"]["spec"]["containers"]
+        for c in d["spec"]["template"]["spec"]["containers"] + d["spec"]["template"]["spec"].get("initContainers", [])
     ]
-    assert commands and not [c for c in commands if "--seed-demo" in c]
-    assert "membershipctl bootstrap" in (ROOT / "deploy/k8s/membership.yaml").read_text()
+    assert len(commands) == 21 and not [c for c in commands if "--seed-demo" in c]
+    assert "membershipctl bootstrap" in (ROOT / "deploy/README.md").read_text()
 
 
 def test_the_embedded_stack_stays_in_development_whatever_the_shell_says(monkeypatch: pytest.MonkeyPatch) -> None:
