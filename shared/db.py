@@ -29,6 +29,8 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
+    select,
     text,
     update,
 )
@@ -182,8 +184,20 @@ class Unit:
         """Record an event for the outbox. ``replaces``: a key for snapshot events (the latest state
         of something, like a member's progress); a later event with the same key in the same
         transaction takes the earlier one's place, so a batch publishes one snapshot per key."""
+        event = self.event(data, member_id=member_id, chain_id=chain_id, time=time)
+        if replaces is not None and replaces in self._replaceable:
+            self.pending[self._replaceable.pop(replaces)] = None  # dropped at flush, order kept
+        if replaces is not None:
+            self._replaceable[replaces] = len(self.pending)
+        self.pending.append(event)
+        return event
+
+    def event(self, data: D, *, member_id: str, chain_id: str, time: datetime | None = None) -> CloudEvent[D]:
+        """An event of this unit of work (its correlation, causation, clock and trace), not yet published:
+        :meth:`publish` queues it for the outbox; a command that writes its outbox row in its own
+        statement (:meth:`UnitOfWork.outbox_row`) makes it here."""
         with tracing.resumed(self.traces.get(member_id) if self.traces else None):
-            event = new_event(
+            return new_event(
                 data,
                 member_id=member_id,
                 chain_id=chain_id,
@@ -192,12 +206,6 @@ class Unit:
                 time=time or self.now(),
                 imported=self.imported,
             )
-        if replaces is not None and replaces in self._replaceable:
-            self.pending[self._replaceable.pop(replaces)] = None  # dropped at flush, order kept
-        if replaces is not None:
-            self._replaceable[replaces] = len(self.pending)
-        self.pending.append(event)
-        return event
 
     @property
     def events(self) -> list[CloudEvent[Any]]:
@@ -253,6 +261,7 @@ class UnitOfWork(Unit):
     #: queued writes: rows to insert per table, and the latest values to set per (table, row key)
     _inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
     _updates: dict[tuple[Table, tuple[tuple[str, Any], ...]], dict[str, Any]] = field(default_factory=dict)
+    _written: list[CloudEvent[Any]] = field(default_factory=list)
 
     @property
     def queued_tables(self) -> set[Table]:
@@ -305,26 +314,38 @@ class UnitOfWork(Unit):
             )
             await self.session.execute(stmt, rows_params)
 
+    def outbox_row(self, event: CloudEvent[Any]) -> dict[str, Any]:
+        """The outbox row of an event (what :meth:`flush_outbox` inserts)."""
+        return {
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": event.topic,
+            "key": event.subject,
+            "shard": shard_of(event.subject, self.shards),
+            "payload": event.to_json().decode(),
+        }
+
+    def outbox_insert_from(self, source: Any, event: CloudEvent[Any]) -> Any:
+        """``INSERT INTO outbox SELECT <event's row> FROM source``: as a CTE beside the statement that
+        writes ``source`` (one with RETURNING), the event is written in the same statement, once per
+        row the statement wrote, none if it wrote none. Call :meth:`written` when it was."""
+        outbox = self.tables.outbox
+        row = self.outbox_row(event)
+        values = [literal(v, outbox.c[k].type).label(k) for k, v in row.items()]
+        return insert(outbox).from_select(list(row), select(*values).select_from(source))
+
+    def written(self, event: CloudEvent[Any]) -> None:
+        """An event whose outbox row a statement of this unit wrote itself (counted at commit)."""
+        self._written.append(event)
+
     async def flush_outbox(self) -> list[CloudEvent[Any]]:
-        """Write the events published to the outbox (one insert); returns them."""
+        """Write the events published to the outbox (one insert); returns them, and those written."""
         events = self.events
         self.pending.clear()
         self._replaceable.clear()
-        if not events:
-            return events
-        rows = [
-            {
-                "event_id": e.id,
-                "event_type": e.type,
-                "topic": e.topic,
-                "key": e.subject,
-                "shard": shard_of(e.subject, self.shards),
-                "payload": e.to_json().decode(),
-            }
-            for e in events
-        ]
-        await self.session.execute(insert(self.tables.outbox), rows)
-        return events
+        if events:
+            await self.session.execute(insert(self.tables.outbox), [self.outbox_row(e) for e in events])
+        return [*self._written, *events]
 
 
 @dataclass

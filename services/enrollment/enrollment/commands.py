@@ -369,10 +369,11 @@ async def record_purchase(
 ) -> tuple[bool, schemas.PurchaseAccepted]:
     """Record a POS purchase once per (clinic, pos_txn_id). Returns (created, response).
 
-    The common case is one statement: insert the purchase if its member is in the chain (and not
-    erased) and the (clinic, pos_txn_id) is new, keeping what was bought only with the member's
-    ``sensitive_data`` consent. Only when nothing was inserted does a second read tell a retry (same
-    body: the recorded purchase; another body: 409) from an unknown member (422)."""
+    The common case is one statement: insert the purchase and its PurchaseRecorded outbox row if its
+    member is in the chain (and not erased) and the (clinic, pos_txn_id) is new, keeping what was
+    bought only with the member's ``sensitive_data`` consent. Only when nothing was inserted does a
+    second read tell a retry (same body: the recorded purchase; another body: 409) from an unknown
+    member (422)."""
     _reject_future(uow, req.occurred_at, "occurred_at")
     refused = await implausible_amount(uow, chain_id=chain_id, amount_fen=req.amount_fen)
     if refused is not None:
@@ -385,23 +386,26 @@ async def record_purchase(
         (members.c.consents["sensitive_data"].as_boolean(), literal(items, purchases.c["items"].type)),
         else_=literal(domain.treatment_details(items, sensitive_consent=False), purchases.c["items"].type),
     )
-    inserted = (
-        await uow.execute(
-            pg_insert(purchases)
-            .from_select(
-                [*row, "items"],
-                select(*[literal(v, purchases.c[k].type) for k, v in row.items()], kept_items).where(
-                    members.c.member_id == req.member_id,
-                    members.c.chain_id == chain_id,
-                    members.c.erased_at.is_(None),
-                ),
-            )
-            .on_conflict_do_nothing()
-            .returning(purchases.c.purchase_id)
+    recorded = (
+        pg_insert(purchases)
+        .from_select(
+            [*row, "items"],
+            select(*[literal(v, purchases.c[k].type) for k, v in row.items()], kept_items).where(
+                members.c.member_id == req.member_id,
+                members.c.chain_id == chain_id,
+                members.c.erased_at.is_(None),
+            ),
         )
-    ).first()
+        .on_conflict_do_nothing()
+        .returning(purchases.c.purchase_id)
+        .cte("recorded")
+    )
+    # the purchase and its outbox row in ONE statement (the event is written only if the purchase was)
+    event = uow.event(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
+    published = uow.outbox_insert_from(recorded, event).cte("published")
+    inserted = (await uow.execute(select(recorded.c.purchase_id).add_cte(published))).first()
     if inserted is not None:
-        uow.publish(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
+        uow.written(event)
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
     prior = (
         await uow.execute(
