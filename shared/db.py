@@ -388,5 +388,24 @@ class Database:
         if events:  # committed: count them (events_published_total, tier_changes_total)
             count_committed(str(self.tables.outbox.schema), events)
 
+    @asynccontextmanager
+    async def reading(self, *, correlation_id: str | None = None) -> AsyncIterator[UnitOfWork]:
+        """A unit of work for a read: no transaction (autocommit), so a one-query read is one round trip,
+        not BEGIN, query, COMMIT. Nothing it writes or publishes is kept: use :meth:`unit_of_work`."""
+        async with self.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with AsyncSession(bind=autocommit) as session:
+                uow = UnitOfWork(
+                    self.clock,
+                    correlation_id,
+                    session=session,
+                    tables=self.tables,
+                    shards=self.settings.outbox_shards,
+                    keyring=self.keyring,
+                )
+                yield uow
+                if uow.pending or uow.queued_tables:
+                    raise RuntimeError("a read-only unit of work published events or queued writes")
+
     async def dispose(self) -> None:
         await self.engine.dispose()

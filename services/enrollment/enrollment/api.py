@@ -112,7 +112,7 @@ async def erase_member(member_id: str, ctx: CtxDep, principal: OpsKey) -> schema
 @router.get("/members/{member_id}/status", response_model=schemas.MemberStatus)
 async def member_status(member_id: str, ctx: CtxDep, principal: PosOrApp) -> schemas.MemberStatus:
     """Tier, progress, points and benefits, built from events (eventually consistent)."""
-    async with ctx.db.unit_of_work() as uow:
+    async with ctx.db.reading() as uow:  # one query, no transaction around it
         return await queries.member_status_of(uow, chain_id=principal.chain_id, member_id=member_id)
 
 

@@ -16,8 +16,8 @@ from shared.observability import mask_phone
 from shared.problems import Gone, NotFound
 
 from . import domain, schemas
-from .store import store_of
-from .tables import consent_records, members, referrals
+from .store import stored_status
+from .tables import consent_records, member_status, members, referrals
 
 
 def profile(row: Row[Any], *, reveal_phone: bool, referral_status: str | None = None) -> schemas.MemberProfile:
@@ -84,8 +84,22 @@ async def find_by_phone(uow: UnitOfWork, *, chain_id: str, phone: str) -> list[R
 
 
 async def member_status_of(uow: UnitOfWork, *, chain_id: str, member_id: str) -> schemas.MemberStatus:
-    member = await get_member(uow, chain_id=chain_id, member_id=member_id)
-    stored = await store_of(uow).status_of(member_id=member_id)
+    """The status view of a member: one indexed read (the member's row joined to its view row)."""
+    v = member_status
+    row = (
+        await uow.execute(
+            select(members.c.enrolled_at, members.c.erased_at, v.c.tier, v.c.progress, v.c.points, v.c.benefits)
+            .add_columns(v.c.updated_at, v.c.member_id.label("has_view"))
+            .select_from(members.outerjoin(v, v.c.member_id == members.c.member_id))
+            .where(members.c.member_id == member_id, members.c.chain_id == chain_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such member.")
+    if row.erased_at is not None:
+        raise Gone("This member was erased.", member_id=member_id, erased_at=row.erased_at.isoformat())
+    member = row
+    stored = stored_status(row) if row.has_view is not None else None
     view = domain.status_as_of(stored.document if stored else None, enrolled_at=member.enrolled_at, now=uow.now())
     progress, points = view.progress, view.points
     return schemas.MemberStatus(

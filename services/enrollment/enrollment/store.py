@@ -57,6 +57,12 @@ class EnrollmentStore(abc.ABC):
         """The chain of each of ``member_ids`` enrolled here (an event naming another chain is forged)."""
 
 
+def stored_status(row: Any) -> StoredStatus:
+    """A row of ``member_status`` (or a query's row with its columns) as the stored view."""
+    document = StatusDocument(tier=row.tier, progress=row.progress, points=row.points, benefits=row.benefits or {})
+    return StoredStatus(document=document, updated_at=row.updated_at)
+
+
 def store_of(uow: Unit) -> EnrollmentStore:
     """The transaction's store: the SQL one, unless a test provided another."""
     return uow.state(_store_key(), SqlStore)
@@ -110,10 +116,7 @@ class SqlStore(EnrollmentStore):
 
     async def status_of(self, *, member_id: str) -> StoredStatus | None:
         row = (await self.uow.execute(select(member_status).where(member_status.c.member_id == member_id))).first()
-        if row is None:
-            return None
-        document = StatusDocument(tier=row.tier, progress=row.progress, points=row.points, benefits=row.benefits or {})
-        return StoredStatus(document=document, updated_at=row.updated_at)
+        return None if row is None else stored_status(row)
 
     async def chains_of(self, *, member_ids: Sequence[str]) -> dict[str, str]:
         rows = await self.uow.execute(
