@@ -44,6 +44,7 @@ from sqlalchemy.sql.util import find_tables
 from . import tracing
 from .clock import Clock, SystemClock
 from .crypto import Keyring
+from .doorbell import Notifier, relay_channel
 from .events import CloudEvent, D, new_event
 from .observability import count_committed
 from .settings import Settings
@@ -358,6 +359,20 @@ class Database:
     tables: ServiceTables
     clock: Clock
     keyring: Keyring | None = None
+    #: wake-ups of the outbox relays running in this process (an OutboxRelay registers its own)
+    relays: list[Callable[[], None]] = field(default_factory=list)
+    notifier: Notifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notifier = Notifier(self.settings)
+
+    def outbox_written(self) -> None:
+        """Outbox rows were committed: wake the relay (in this process directly, else by notification)."""
+        if self.relays:
+            for wake in self.relays:
+                wake()
+        else:
+            self.notifier.notify(relay_channel(str(self.tables.outbox.schema)))
 
     @classmethod
     def connect(
@@ -385,8 +400,9 @@ class Database:
             await uow.run_at_commit()
             await uow.flush_writes()
             events = await uow.flush_outbox()
-        if events:  # committed: count them (events_published_total, tier_changes_total)
+        if events:  # committed: count them (events_published_total, tier_changes_total), wake the relay
             count_committed(str(self.tables.outbox.schema), events)
+            self.outbox_written()
 
     @asynccontextmanager
     async def reading(self, *, correlation_id: str | None = None) -> AsyncIterator[UnitOfWork]:
@@ -408,4 +424,5 @@ class Database:
                     raise RuntimeError("a read-only unit of work published events or queued writes")
 
     async def dispose(self) -> None:
+        await self.notifier.close()
         await self.engine.dispose()

@@ -36,6 +36,67 @@ def bell_of(topic: str) -> str:
     return f"kafka_{topic}"
 
 
+def relay_channel(schema: str) -> str:
+    """The notification channel that wakes a schema's outbox relay."""
+    return f"outbox_{schema}"
+
+
+class Notifier:
+    """Sends ``pg_notify`` on a connection of its own, after (never inside) a writing transaction.
+
+    A NOTIFY inside a transaction that writes holds PostgreSQL's cluster-wide notification lock
+    through that transaction's commit and WAL flush: every writer that notified committed one at a
+    time, which capped the whole platform at one commit per disk flush (docs/decisions/0049). Sent
+    from here, the notifying transaction writes nothing, so its commit flushes nothing.
+
+    :meth:`notify` returns at once; a notification asked for while one is being sent is sent after
+    it, so every caller's notification leaves after its call (what a relay needs: rows committed
+    before the call are seen by the round the notification starts). A lost notification costs
+    latency, never events: the relay and idle consumers poll as well.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: Any = None
+        self._pending: dict[str, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self, *channels: str) -> None:
+        for channel in channels:
+            self._pending[channel] = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._send(), name="notifier")
+
+    async def _send(self) -> None:
+        while self._pending:
+            channels = list(self._pending)
+            self._pending.clear()
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await connect_asyncpg(self.settings)
+                await self._conn.execute("SELECT pg_notify(c, '') FROM unnest($1::text[]) AS c", channels)
+            except Exception:
+                log.warning("notification not sent; the pollers will catch up", exc_info=True)
+                await self._drop()
+                return
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                log.debug("notifier: closing the connection failed", exc_info=True)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(self._task, timeout=2.0)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+        await self._drop()
+
+
 class Doorbell:
     """Listens on the bells of some topics; :meth:`wait` returns when one rang (or after a timeout)."""
 

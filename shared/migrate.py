@@ -49,7 +49,8 @@ def run_env(schema: str) -> None:
 
 
 def create_shared_tables(op: Any, schema: str) -> None:
-    """For a service's first migration: the outbox (with its NOTIFY trigger), inbox and idempotency keys."""
+    """For a service's first migration: the outbox, inbox and idempotency keys. (The outbox's NOTIFY
+    trigger the first migrations made is dropped by a later one: :func:`drop_outbox_notify_trigger`.)"""
     from .db import shared_tables
     from .outbox import outbox_notify_ddl
 
@@ -58,6 +59,22 @@ def create_shared_tables(op: Any, schema: str) -> None:
     bind = op.get_bind()
     for table in (tables.outbox, tables.inbox, tables.idempotency):
         table.create(bind)
+    for ddl in outbox_notify_ddl(schema):
+        op.execute(ddl)
+
+
+def drop_outbox_notify_trigger(op: Any, schema: str) -> None:
+    """For each service's migration "wake the relay after commit": a NOTIFY inside a writing transaction
+    holds PostgreSQL's cluster-wide notification lock through the commit's WAL flush, so every writer
+    that notified committed one at a time (docs/decisions/0049). The unit of work now wakes the relay
+    after its commit instead (``shared.db.Database.outbox_written``)."""
+    op.execute(f"DROP TRIGGER IF EXISTS outbox_notify ON {schema}.outbox")
+    op.execute(f"DROP FUNCTION IF EXISTS {schema}.outbox_notify()")
+
+
+def restore_outbox_notify_trigger(op: Any, schema: str) -> None:
+    from .outbox import outbox_notify_ddl
+
     for ddl in outbox_notify_ddl(schema):
         op.execute(ddl)
 

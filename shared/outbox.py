@@ -9,9 +9,10 @@ one member's events concurrently, and a relay that dies before its commit
 leaves the rows unpublished for the next one (at-least-once; the consumers'
 inbox makes the duplicates harmless).
 
-Wake-up: an insert into the outbox fires ``pg_notify('outbox_<schema>')``
-(a statement trigger created by the migration); the relay LISTENs on it and
-also polls every ``outbox_poll_seconds`` in case a notification is missed.
+Wake-up: a unit of work that wrote outbox rows wakes the relay after its commit
+(``Database.outbox_written``): directly when the relay runs in the same process,
+else with ``pg_notify('outbox_<schema>')``, which the relay LISTENs on; it also
+polls every ``outbox_poll_seconds`` in case a notification is missed.
 After publishing, it rings the topics' doorbells (shared.doorbell) for idle consumers.
 """
 
@@ -27,7 +28,7 @@ from sqlalchemy import text, update
 
 from . import tracing
 from .db import Database
-from .doorbell import bell_of
+from .doorbell import bell_of, relay_channel
 from .events import CONTENT_TYPE
 from .observability import metrics
 from .transport import connect_asyncpg
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def notify_channel(schema: str) -> str:
-    return f"outbox_{schema}"
+    return relay_channel(schema)
 
 
 def lock_namespace(schema: str) -> int:
@@ -54,6 +55,7 @@ class OutboxRelay:
         self.namespace = lock_namespace(schema)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.db.relays.append(self.wake.set)  # units of work of this process wake it directly
         listener = await self._listen()
         try:
             while not stop.is_set():
@@ -125,11 +127,9 @@ class OutboxRelay:
             futures = [await self._send(r.topic, r.key, r.payload) for r in rows]
             await asyncio.gather(*futures)
             await conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=text("now()")))
-            # ring the topics' doorbells: delivered at commit, when the broker already holds the rows
-            await conn.execute(
-                text("SELECT pg_notify(c, '') FROM unnest(CAST(:channels AS text[])) AS c"),
-                {"channels": sorted({bell_of(r.topic) for r in rows})},
-            )
+        # ring the topics' doorbells, now that the broker holds the rows (after the commit: a NOTIFY inside
+        # this writing transaction would serialise every commit of the cluster, docs/decisions/0049)
+        self.db.notifier.notify(*sorted({bell_of(r.topic) for r in rows}))
         metrics.inc("outbox_published_total", len(rows), service=self.schema)
         return len(rows)
 

@@ -6,6 +6,7 @@ so tests can build a service with other settings.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -172,6 +173,12 @@ class Settings(BaseSettings):
     # of 32 random bytes, from the secret store; enrollment wraps members' data keys with it, notify
     # unwraps them (shared.personal_data). The default is the development key.
     pii_master_key: SecretStr = SecretStr(DEV_MASTER_KEY)
+
+    @field_validator("api_workers_by_service", mode="before")
+    @classmethod
+    def _workers_json(cls, value: object) -> object:
+        # from the environment pydantic-settings parses the JSON; given as a string otherwise (devstack), here
+        return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod
