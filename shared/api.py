@@ -69,7 +69,8 @@ class ServiceContext:
             )
 
 
-def get_ctx(request: Request) -> ServiceContext:
+async def get_ctx(request: Request) -> ServiceContext:
+    """The service context (async: a plain `def` dependency would run in a worker thread per request)."""
     ctx: ServiceContext = request.app.state.ctx
     return ctx
 
