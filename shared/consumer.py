@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import tracing
-from .db import Database, UnitOfWork
+from .db import Database, Unit, UnitOfWork
 from .doorbell import Doorbell
 from .events import (
     EVENT_TYPES,
@@ -142,12 +142,19 @@ async def apply_events(
     if prepare is not None and todo:
         await prepare(todo, uow)
     for event in todo:
-        uow.correlation_id = event.correlationid or event.id
-        uow.causation_id = event.id
-        uow.imported = event.imported  # what an imported event causes is imported too
+        enter_event(uow, event)
         with correlation_scope(uow.correlation_id), tracing.event_span(event, uow):
             await handlers[type(event.data)](event, uow)
     return todo
+
+
+def enter_event(uow: Unit, event: CloudEvent[Any]) -> None:
+    """What the events ``event``'s handler publishes continue: its correlation, it as their cause, its
+    being imported; remembered per member for the work deferred to the end of the batch."""
+    uow.correlation_id = event.correlationid or event.id
+    uow.causation_id = event.id
+    uow.imported = event.imported  # what an imported event causes is imported too
+    uow.causes[event.subject] = (uow.correlation_id, uow.causation_id)
 
 
 async def _record_in_inbox(uow: UnitOfWork, ids: list[str]) -> set[str]:

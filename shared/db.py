@@ -169,6 +169,11 @@ class Unit:
     #: the trace context of the last event handled per member (tracing on only; shared.tracing.event_span):
     #: an event published about that member outside any span (deferred work) continues that trace
     traces: dict[str, Any] = field(default_factory=dict)
+    #: the correlation and causation of the last event handled per member (shared.consumer.apply_events):
+    #: an event published about that member by deferred work (``at_commit``, after the batch's handlers)
+    #: continues that member's story, not the correlation of whichever event the batch ended with
+    causes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    _deferred: bool = False
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -197,13 +202,16 @@ class Unit:
         """An event of this unit of work (its correlation, causation, clock and trace), not yet published:
         :meth:`publish` queues it for the outbox; a command that writes its outbox row in its own
         statement (:meth:`UnitOfWork.outbox_row`) makes it here."""
+        correlation_id, causation_id = self.correlation_id, self.causation_id
+        if self._deferred and member_id in self.causes:
+            correlation_id, causation_id = self.causes[member_id]
         with tracing.resumed(self.traces.get(member_id) if self.traces else None):
             return new_event(
                 data,
                 member_id=member_id,
                 chain_id=chain_id,
-                correlation_id=self.correlation_id,
-                causation_id=self.causation_id,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
                 time=time or self.now(),
                 imported=self.imported,
             )
@@ -238,9 +246,13 @@ class Unit:
         self._at_commit.setdefault(key, work)
 
     async def run_at_commit(self) -> None:
-        while self._at_commit:  # deferred work may defer more
-            key = next(iter(self._at_commit))
-            await self._at_commit.pop(key)(self)
+        self._deferred = True
+        try:
+            while self._at_commit:  # deferred work may defer more
+                key = next(iter(self._at_commit))
+                await self._at_commit.pop(key)(self)
+        finally:
+            self._deferred = False
 
 
 @dataclass(kw_only=True)

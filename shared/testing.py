@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from .consumer import Handler
+from .consumer import Handler, enter_event
 from .db import Unit
 from .events import CloudEvent, EventData, new_event
 
@@ -51,9 +51,7 @@ class FakeUnitOfWork(Unit):
 
 async def handle(handler: Handler, event: CloudEvent[Any], uow: FakeUnitOfWork) -> FakeUnitOfWork:
     """Apply one event as the consumer runner does (correlated, caused by the event) and commit."""
-    uow.correlation_id = event.correlationid or event.id
-    uow.causation_id = event.id
-    uow.imported = event.imported
+    enter_event(uow, event)
     await handler(event, uow)
     await uow.commit()
     return uow

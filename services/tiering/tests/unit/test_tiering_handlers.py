@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.tiering.tests.unit.memory_store import InMemoryStore
-from shared.consumer import MemberOfAnotherChain
+from shared.consumer import MemberOfAnotherChain, enter_event
 from shared.events import (
     CloudEvent,
     MemberEnrolled,
@@ -137,7 +137,7 @@ async def apply_batch(events: list[CloudEvent[Any]], uow: FakeUnitOfWork) -> Fak
     """Apply a consumer batch as the runner does: prepare, every handler, then the end of the unit of work."""
     await prepare(events, uow)
     for e in events:
-        uow.causation_id = e.id
+        enter_event(uow, e)
         await HANDLERS[type(e.data)](e, uow)
     await uow.commit()
     return uow
@@ -533,3 +533,16 @@ async def test_a_snapshot_carries_the_tier_and_progress_the_live_events_carried(
         changed.review_at,
     )
     assert snapshot.model_dump(exclude={"since"}) == progress.model_dump()
+
+
+async def test_upgrades_decided_at_the_end_of_a_batch_carry_their_own_members_correlation() -> None:
+    """Qualification runs once per member after the batch's handlers: each TierChanged must continue the
+    story of its member's purchase (correlation and cause), not of the event the batch happened to end with."""
+    first = purchase("m-1", GOLD).model_copy(update={"correlationid": "pos-request-1"})
+    second = purchase("m-2", GOLD).model_copy(update={"correlationid": "pos-request-2"})
+    uow = await apply_batch([first, second], fresh(known("m-1"), known("m-2")))
+
+    changes = {e.subject: e for e in uow.events if isinstance(e.data, TierChanged)}
+    assert set(changes) == {"m-1", "m-2"}
+    assert (changes["m-1"].correlationid, changes["m-1"].causationid) == ("pos-request-1", first.id)
+    assert (changes["m-2"].correlationid, changes["m-2"].causationid) == ("pos-request-2", second.id)
