@@ -415,7 +415,9 @@ async def _hops(stack: Stack, prefix: str) -> dict[str, float]:
     return out
 
 
-def run_latency(stack: Stack, runs: int, seconds: float, rate: float = 50.0) -> tuple[Row, Row]:
+def run_latency(
+    stack: Stack, runs: int, seconds: float, rate: float = 50.0, profile: Path | None = None
+) -> tuple[Row, Row]:
     need = int(rate * seconds) * runs
     enrollment = stack.url("enrollment")
     tag = uuid.uuid4().hex[:6]
@@ -430,7 +432,16 @@ def run_latency(stack: Stack, runs: int, seconds: float, rate: float = 50.0) -> 
     per = int(rate * seconds)
     hops: list[dict[str, float]] = []
     for n in range(runs):
+        spies = start_profiles(stack, seconds, profile / "latency") if profile is not None and n == 0 else []
+        meter = CpuMeter(stack)
+        meter.start()
         once = asyncio.run(_latency_once(stack, members[n * per : (n + 1) * per], rate, seconds))
+        usage = meter.stop()
+        points.detail.setdefault("cpu_percent", []).append(usage)
+        for name, target, spy in spies:
+            spy.wait(timeout=seconds + 30)
+            if target.exists():
+                points.detail.setdefault("profile", {})[name] = summarize_profile(target)
         points.runs.append(round(once["points_p99_ms"], 1))
         tier.runs.append(round(once["tier_p99_ms"], 1))
         points.detail.setdefault("runs", []).append(once)
@@ -756,7 +767,7 @@ def main() -> None:
             rows.append(run_idle(stack, args.runs, args.seconds))
         if "latency" in only:
             print("latency at 50/s ...", flush=True)
-            rows += run_latency(stack, args.runs, args.seconds)
+            rows += run_latency(stack, args.runs, args.seconds, profile=args.profile)
         members: list[str] = []
         if only & {"post", "status", "replicas"}:
             tag = uuid.uuid4().hex[:6]

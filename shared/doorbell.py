@@ -7,7 +7,7 @@ to the wait). The doorbell removes the trade-off (docs/decisions/0045):
 
 * the relay rings ``kafka_<topic>`` (``pg_notify``) in the transaction that marks the rows it has
   just published, so the notification is delivered when the broker already holds them;
-* a consumer that has found nothing for ``consumer_idle_after_seconds`` pauses its partitions (no
+* a consumer that has found nothing for ``consumer_idle_after_seconds`` (one empty fetch) pauses its partitions (no
   fetch reaches the broker) and waits for its topics' bell, or ``consumer_idle_poll_seconds`` at
   most (a message published by anything but a relay, a missed notification); then it resumes and
   fetches with the short wait while data flows.

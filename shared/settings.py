@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     #: Apache Kafka, whose long-polls return as soon as data arrives, switch it off and raise
     #: fetch_max_wait_ms to 500 instead (docs/decisions/0045)
     consumer_idle_pause: bool = True
-    consumer_idle_after_seconds: float = Field(0.5, gt=0, le=60)
+    consumer_idle_after_seconds: float = Field(0.05, gt=0, le=60)
     consumer_idle_poll_seconds: float = Field(2.0, gt=0, le=300)
     #: how often consumer_lag is measured against the broker, apart from the batches (a stuck consumer's
     #: lag still grows on the dashboard)

@@ -7,11 +7,24 @@ Every function takes the unit of work first and keyword-only data; it raises
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, delete, literal, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Row,
+    SmallInteger,
+    TextClause,
+    bindparam,
+    delete,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -351,6 +364,42 @@ def purchase_row(
     }
 
 
+@functools.cache
+def _record_purchase_statement(schema: str) -> TextClause:
+    """Insert a purchase if its member is in the chain (not erased) and its (clinic, pos_txn_id) is new,
+    keeping what was bought only with the member's ``sensitive_data`` consent, and, in the same
+    statement, its PurchaseRecorded outbox row if (and only if) it was inserted. Plain SQL built once:
+    the purchase path runs it hundreds of times a second, and a Core expression costs more to build
+    and key for the compiled cache than the statement costs the database (docs/decisions/0048)."""
+    return text(
+        f"""
+        WITH recorded AS (
+            INSERT INTO {schema}.purchases
+                (purchase_id, chain_id, clinic_id, pos_txn_id, member_id, amount_fen, currency, occurred_at,
+                 request_hash, items)
+            SELECT :purchase_id, :chain_id, :clinic_id, :pos_txn_id, :member_id, :amount_fen, :currency,
+                   :occurred_at, :request_hash,
+                   CASE WHEN (m.consents ->> 'sensitive_data')::boolean THEN :items ELSE :redacted_items END
+            FROM {schema}.members AS m
+            WHERE m.member_id = :member_id AND m.chain_id = :chain_id AND m.erased_at IS NULL
+            ON CONFLICT DO NOTHING
+            RETURNING purchase_id),
+        published AS (
+            INSERT INTO {schema}.outbox (event_id, event_type, topic, key, shard, payload)
+            SELECT :outbox_event_id, :outbox_event_type, :outbox_topic, :outbox_key, :outbox_shard,
+                   :outbox_payload
+            FROM recorded)
+        SELECT purchase_id FROM recorded
+        """
+    ).bindparams(
+        bindparam("items", type_=JSONB),
+        bindparam("redacted_items", type_=JSONB),
+        bindparam("occurred_at", type_=DateTime(timezone=True)),
+        bindparam("amount_fen", type_=BigInteger),
+        bindparam("outbox_shard", type_=SmallInteger),
+    )
+
+
 def purchase_recorded(req: schemas.PurchaseRequest, purchase_id: str) -> PurchaseRecorded:
     """The event of a recorded purchase. The items stay in enrollment: no consumer uses them, and what
     was bought is sensitive personal information (SPEC §8)."""
@@ -381,29 +430,18 @@ async def record_purchase(
     purchase_id = str(uuid.uuid4())
     row = purchase_row(chain_id, req, purchase_id, sensitive_consent=True)
     digest = row["request_hash"]
-    items = row.pop("items")
-    kept_items = case(
-        (members.c.consents["sensitive_data"].as_boolean(), literal(items, purchases.c["items"].type)),
-        else_=literal(domain.treatment_details(items, sensitive_consent=False), purchases.c["items"].type),
-    )
-    recorded = (
-        pg_insert(purchases)
-        .from_select(
-            [*row, "items"],
-            select(*[literal(v, purchases.c[k].type) for k, v in row.items()], kept_items).where(
-                members.c.member_id == req.member_id,
-                members.c.chain_id == chain_id,
-                members.c.erased_at.is_(None),
-            ),
-        )
-        .on_conflict_do_nothing()
-        .returning(purchases.c.purchase_id)
-        .cte("recorded")
-    )
     # the purchase and its outbox row in ONE statement (the event is written only if the purchase was)
     event = uow.event(purchase_recorded(req, purchase_id), member_id=req.member_id, chain_id=chain_id)
-    published = uow.outbox_insert_from(recorded, event).cte("published")
-    inserted = (await uow.execute(select(recorded.c.purchase_id).add_cte(published))).first()
+    inserted = (
+        await uow.execute(
+            _record_purchase_statement(str(uow.tables.outbox.schema)),
+            {
+                **row,
+                "redacted_items": domain.treatment_details(row["items"], sensitive_consent=False),
+                **{f"outbox_{k}": v for k, v in uow.outbox_row(event).items()},
+            },
+        )
+    ).first()
     if inserted is not None:
         uow.written(event)
         return True, schemas.PurchaseAccepted(purchase_id=purchase_id)
