@@ -677,18 +677,37 @@ def run_replicas(stack: Stack, n_events: int, members: list[str]) -> Row:
         tag = uuid.uuid4().hex[:6]
         body = [json.loads(purchase_body(members[i % len(members)], 10_000, f"rep-{tag}-{i}")) for i in range(n_events)]
         asyncio.run(import_batches(url, "purchases", body))
-        # everything but the points worker catches up first, so the timing below is the points worker's
-        time.sleep(2)
-        t0 = time.perf_counter()
+        settle(stack)  # everything but the points worker catches up first: the backlog is the points worker's
         stack.start_process("points", "worker")
         if replicas == 2:
             _start_replica(stack, "points")
         settle(stack, timeout=600)
-        rates[replicas] = n_events / (time.perf_counter() - t0)
+        # from the first to the last event applied (the inbox's timestamps), so start-up and the group's
+        # join do not count: the replicas' steady rate
+        rates[replicas] = asyncio.run(_applied_rate(stack, f"rep-{tag}-"))
     stack.stop_process("points-worker2")
     row.runs.append(round(rates[2] / rates[1], 2))
     row.detail = {"events": n_events, "one_replica_per_s": round(rates[1], 1), "two_replicas_per_s": round(rates[2], 1)}
     return row
+
+
+async def _applied_rate(stack: Stack, txn_prefix: str) -> float:
+    """Events/s at which the points worker applied the purchases whose pos_txn_id starts with the prefix."""
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.settings().asyncpg_dsn)
+    try:
+        row = await conn.fetchrow(
+            """
+            SELECT count(*) AS n, extract(epoch FROM max(i.applied_at) - min(i.applied_at)) AS span
+            FROM enrollment.outbox o JOIN points.inbox i ON i.event_id = o.event_id
+            WHERE o.event_type = 'PurchaseRecorded' AND o.payload::jsonb->'data'->>'pos_txn_id' LIKE $1
+            """,
+            txn_prefix + "%",
+        )
+    finally:
+        await conn.close()
+    return float(row["n"]) / max(float(row["span"] or 0), 1e-3)
 
 
 def _start_replica(stack: Stack, service: str) -> None:
@@ -736,8 +755,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed run")
     parser.add_argument("--quick", action="store_true", help="short runs and a small import (a smoke test)")
     parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows of: {','.join(ROWS)}")
-    parser.add_argument("--import-members", type=int, default=100_000)
-    parser.add_argument("--import-purchases", type=int, default=1_000_000)
+    # the issue's 1,000,000 / 100,000 takes over an hour here (the consumers apply a few hundred purchases a
+    # second): --import-purchases 1000000 --import-members 100000 runs it
+    parser.add_argument("--import-members", type=int, default=10_000)
+    parser.add_argument("--import-purchases", type=int, default=100_000)
     parser.add_argument("--replica-events", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
@@ -749,7 +770,8 @@ def main() -> None:
         args.seconds = min(args.seconds, 4.0)
         args.import_members, args.import_purchases, args.replica_events = 2_000, 20_000, 3_000
     only = set(args.only.split(","))
-    env = dict(kv.split("=", 1) for kv in args.env)
+    # enrollment's API takes the POS's load: two processes on the 2-core machine (docs/decisions/0047)
+    env = {"MEMBERSHIP_API_WORKERS_BY_SERVICE": '{"enrollment": 2}', **dict(kv.split("=", 1) for kv in args.env)}
     data = Path(tempfile.mkdtemp(prefix="membership-bench-"))
     started = datetime.now(UTC)
     print(f"starting an embedded stack in {data} ...", flush=True)
