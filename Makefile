@@ -48,9 +48,11 @@ lint: install
 unit: install tools
 	$(BIN)/python -m pytest -m "not integration and not e2e"
 
-# every budget of SPEC §10 on an embedded stack of its own, beside pgbench (bench/run.py; about 15 minutes)
+# every budget of SPEC §10 on an embedded stack of its own, beside pgbench (bench/run.py; about 20 minutes;
+# make bench BENCH_ARGS=--quick is a five-minute smoke test)
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # the event catalogue (AsyncAPI 3.0), generated from shared/events.py and the services' definitions
 # (through a temporary file, so a failing generator leaves the committed one as it was)
