@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -22,8 +23,29 @@ from typing import Any
 PG_SYSTEM_USER = "embedded_postgres"
 
 
+#: ports handed to servers come from below the kernel's ephemeral range (Linux: 32768-60999), so no
+#: outgoing connection (a client's local port) can take one between the choice and the server's bind
+_SERVER_PORTS = (20000, 32000)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, outside the ephemeral range, and not handed out before by this
+    process (several are chosen before any is bound)."""
+    for _ in range(200):
+        port = random.randrange(*_SERVER_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
