@@ -395,14 +395,11 @@ async def _hops(stack: Stack, prefix: str) -> dict[str, float]:
             SELECT extract(epoch FROM p.published_at - p.created_at) * 1000 AS relay_ms,
                    extract(epoch FROM pi.applied_at - p.published_at) * 1000 AS to_points_ms,
                    extract(epoch FROM po.published_at - pi.applied_at) * 1000 AS points_ms,
-                   extract(epoch FROM ti.applied_at - p.published_at) * 1000 AS to_tiering_ms,
-                   extract(epoch FROM tout.published_at - ti.applied_at) * 1000 AS tiering_ms
+                   extract(epoch FROM ti.applied_at - p.published_at) * 1000 AS to_tiering_ms
             FROM p
             JOIN points.inbox pi ON pi.event_id = p.event_id
             JOIN points.outbox po ON po.event_type = 'PointsChanged' AND po.payload::jsonb->>'causationid' = p.event_id
             JOIN tiering.inbox ti ON ti.event_id = p.event_id
-            LEFT JOIN tiering.outbox tout ON tout.event_type = 'TierChanged'
-                 AND tout.payload::jsonb->>'correlationid' = p.created_at::text || 'never'
             """,
             prefix + "%",
         )

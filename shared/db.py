@@ -29,8 +29,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
-    select,
     text,
     update,
 )
@@ -337,15 +335,6 @@ class UnitOfWork(Unit):
             "shard": shard_of(event.subject, self.shards),
             "payload": event.to_json().decode(),
         }
-
-    def outbox_insert_from(self, source: Any, event: CloudEvent[Any]) -> Any:
-        """``INSERT INTO outbox SELECT <event's row> FROM source``: as a CTE beside the statement that
-        writes ``source`` (one with RETURNING), the event is written in the same statement, once per
-        row the statement wrote, none if it wrote none. Call :meth:`written` when it was."""
-        outbox = self.tables.outbox
-        row = self.outbox_row(event)
-        values = [literal(v, outbox.c[k].type).label(k) for k, v in row.items()]
-        return insert(outbox).from_select(list(row), select(*values).select_from(source))
 
     def written(self, event: CloudEvent[Any]) -> None:
         """An event whose outbox row a statement of this unit wrote itself (counted at commit)."""

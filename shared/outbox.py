@@ -36,10 +36,6 @@ from .transport import connect_asyncpg
 log = logging.getLogger(__name__)
 
 
-def notify_channel(schema: str) -> str:
-    return relay_channel(schema)
-
-
 def lock_namespace(schema: str) -> int:
     # advisory locks take two int4 keys: (namespace of this schema's outbox, shard)
     return zlib.crc32(f"outbox:{schema}".encode()) & 0x7FFFFFFF
@@ -84,7 +80,7 @@ class OutboxRelay:
     async def _listen(self) -> asyncpg.Connection | None:
         try:
             conn = await connect_asyncpg(self.db.settings)
-            await conn.add_listener(notify_channel(self.schema), lambda *_: self.wake.set())
+            await conn.add_listener(relay_channel(self.schema), lambda *_: self.wake.set())
             return conn
         except Exception:
             log.warning("LISTEN failed; the relay falls back to polling", exc_info=True)
@@ -149,7 +145,7 @@ _CONTENT_TYPE = CONTENT_TYPE.encode()
 
 def outbox_notify_ddl(schema: str) -> list[str]:
     """DDL for the statement trigger that wakes the relay; used by each service's first migration."""
-    channel = notify_channel(schema)
+    channel = relay_channel(schema)
     return [
         f"""CREATE OR REPLACE FUNCTION {schema}.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$""",
